@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints their message as one line and exits with status 2."""
+
+
+class PrunelabError(Exception):
+    """A problem the user can fix (bad path, bad number, wrong checkpoint, corrupt file)."""
+
+
+class DataError(PrunelabError):
+    """The data set is missing, in an unknown layout, or corrupt."""
+
+
+class CheckpointError(PrunelabError):
+    """A checkpoint is unreadable, corrupt, or does not fit the model."""
+
+
+class PlanError(PrunelabError):
+    """A pruning plan names unknown layers or asks for an impossible sparsity."""
+
+
+class RecipeError(PrunelabError):
+    """A recipe file is malformed: names the file, the key and what was expected."""

@@ -1,0 +1,166 @@
+"""The study's VGG (names match the published checkpoint) and checkpoint load/save."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .fileio import atomic_path, cache_dir
+
+# 'M' is a 2x2 max-pool; numbers are output channels at width 1.0.
+VGG_PLAN: list[int | str] = [64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+
+PRETRAINED_URL = "https://hanlab18.mit.edu/files/course/labs/vgg.cifar.pretrained.pth"
+PRETRAINED_SHA256 = "6b4aff21d828395aded52a8f2d3144ceda75d645eb9f57ea38e025ca28ded21a"
+KNOWN_SHA256 = {PRETRAINED_URL: PRETRAINED_SHA256}
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class VGG(nn.Module):
+    """VGG11-style net: 8 conv3x3+BN+ReLU, 4 max-pools, global average pool, Linear.
+
+    `backbone` is an nn.Sequential and `head` maps its output to logits, so tools
+    (the sensitivity scan) can run the network from any layer onwards.
+    """
+
+    def __init__(self, width: float = 1.0, num_classes: int = 10):
+        super().__init__()
+        if not (isinstance(width, int | float) and width > 0):
+            raise ValueError(f"width must be a number > 0, got {width!r}")
+        self.width = float(width)
+        self.num_classes = int(num_classes)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        in_ch, conv_i, pool_i = 3, 0, 0
+        for item in VGG_PLAN:
+            if item == "M":
+                layers[f"pool{pool_i}"] = nn.MaxPool2d(2)
+                pool_i += 1
+                continue
+            out_ch = scaled(int(item), width)
+            layers[f"conv{conv_i}"] = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
+            layers[f"bn{conv_i}"] = nn.BatchNorm2d(out_ch)
+            layers[f"relu{conv_i}"] = nn.ReLU(inplace=True)
+            in_ch, conv_i = out_ch, conv_i + 1
+        self.backbone = nn.Sequential(layers)
+        self.classifier = nn.Linear(in_ch, num_classes)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _unwrap(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Accept a dict holding 'state_dict' (with optional extras) or a bare state dict."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        extras = {k: v for k, v in obj.items() if k != "state_dict"}
+        return obj["state_dict"], extras
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, {}
+    raise CheckpointError(
+        f"{source}: not a checkpoint (expected a state dict or a dict with a 'state_dict' key)"
+    )
+
+
+def _resolve(path_or_url: str | os.PathLike, cache: str | os.PathLike | None) -> Path:
+    text = str(path_or_url)
+    if urllib.parse.urlparse(text).scheme in ("http", "https", "file"):
+        from .download import download
+
+        name = Path(urllib.parse.urlparse(text).path).name or "checkpoint.pth"
+        dest = cache_dir(cache) / "checkpoints" / name
+        return download(text, dest, KNOWN_SHA256.get(text), algo="sha256")
+    path = Path(text)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected a .pth file or a URL)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    return path
+
+
+def read_checkpoint(path_or_url: str | os.PathLike, cache: str | os.PathLike | None = None) -> dict:
+    """Load a checkpoint file into {'state_dict', 'width', 'meta', 'masks', ...}.
+
+    Truncated or corrupt files are refused by name instead of half-loading.
+    """
+    path = _resolve(path_or_url, cache)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many different types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from e
+    state, extras = _unwrap(obj, str(path))
+    out = dict(extras)
+    out["state_dict"] = state
+    out.setdefault("meta", {})
+    out["path"] = str(path)
+    if "width" not in out:
+        out["width"] = infer_width(state)
+    return out
+
+
+def infer_width(state: dict[str, torch.Tensor]) -> float:
+    """The width a state dict was saved at, read off its first convolution."""
+    w = state.get("backbone.conv0.weight")
+    if w is None:
+        raise CheckpointError("checkpoint has no 'backbone.conv0.weight': not a prunelab/study VGG")
+    return w.shape[0] / 64
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise naming the first missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            raise CheckpointError(f"{source}: missing key {k!r} (shape {tuple(v.shape)})")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"{source}: {k!r} has shape {tuple(state[k].shape)}, "
+                f"the model expects {tuple(v.shape)}"
+            )
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise CheckpointError(f"{source}: unexpected key {extra[0]!r} (not in the model)")
+
+
+def load_model(
+    path_or_url: str | os.PathLike, cache: str | os.PathLike | None = None
+) -> tuple[VGG, dict]:
+    """Build a VGG of the checkpoint's width and load it strictly; returns (model, checkpoint)."""
+    ckpt = read_checkpoint(path_or_url, cache)
+    num_classes = ckpt["state_dict"].get("classifier.weight", torch.empty(10, 1)).shape[0]
+    model = VGG(width=float(ckpt["width"]), num_classes=int(num_classes))
+    check_fits(model, ckpt["state_dict"], ckpt["path"])
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model, ckpt
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    meta: dict[str, Any] | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+    **extras: Any,
+) -> Path:
+    """Write the published format ({'state_dict': ...}) plus width, metadata and masks, atomically."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    obj: dict[str, Any] = {"state_dict": state, "meta": dict(meta or {})}
+    if hasattr(model, "width"):
+        obj["width"] = float(model.width)
+    if masks:
+        obj["masks"] = {k: m.detach().cpu().bool() for k, m in masks.items()}
+    obj.update(extras)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
