@@ -26,7 +26,9 @@ def download(url: str, dest: Path, digest: str | None = None, algo: str = "md5")
         with atomic_path(dest) as tmp:
             with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                with tqdm(
+                    total=total, unit="B", unit_scale=True, desc=f"download {dest.name}"
+                ) as bar:
                     for chunk in iter(lambda: resp.read(1 << 20), b""):
                         out.write(chunk)
                         bar.update(len(chunk))
@@ -37,5 +39,7 @@ def download(url: str, dest: Path, digest: str | None = None, algo: str = "md5")
                         f"{url}: {algo} mismatch (expected {digest}, got {got}); nothing was kept"
                     )
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise PrunelabError(f"could not download {url}: {e}; place the file in {dest.parent}") from e
+        raise PrunelabError(
+            f"could not download {url}: {e}; place the file in {dest.parent}"
+        ) from e
     return dest

@@ -52,3 +52,17 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
         return Path(override)
     env = os.environ.get("PRUNELAB_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "prunelab"
+
+
+def ensure_writable(path: Path) -> None:
+    """Fail early, naming the path, if an output file or folder could not be created."""
+    from .errors import PrunelabError
+
+    target = path if not path.suffix else path.parent
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PrunelabError(f"output {path}: {probe} is a file, expected a folder")
+    if not os.access(probe, os.W_OK):
+        raise PrunelabError(f"output {path}: {probe} is not writable")

@@ -98,7 +98,9 @@ def read_checkpoint(path_or_url: str | os.PathLike, cache: str | os.PathLike | N
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many different types for a damaged file
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from e
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__})"
+        ) from e
     state, extras = _unwrap(obj, str(path))
     out = dict(extras)
     out["state_dict"] = state
@@ -117,7 +119,9 @@ def infer_width(state: dict[str, torch.Tensor]) -> float:
     return w.shape[0] / 64
 
 
-def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def check_fits(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """Raise naming the first missing, unexpected or mis-shaped key."""
     own = model.state_dict()
     for k, v in own.items():
@@ -152,7 +156,7 @@ def save_checkpoint(
     masks: dict[str, torch.Tensor] | None = None,
     **extras: Any,
 ) -> Path:
-    """Write the published format ({'state_dict': ...}) plus width, metadata and masks, atomically."""
+    """Write the published format ({"state_dict": ...}) plus width, metadata, masks; atomic."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     obj: dict[str, Any] = {"state_dict": state, "meta": dict(meta or {})}
     if hasattr(model, "width"):

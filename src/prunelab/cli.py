@@ -1,0 +1,556 @@
+"""The `prunelab` command: parses arguments and calls the library. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import PrunelabError
+
+DEFAULT_DATA = "../shared/data/cifar10-jpeg"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+# ---------- argument types: reject bad numbers before any work starts ----------
+
+
+def sparsity(text: str) -> float:
+    v = _float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity {text!r} is outside [0, 1]")
+    return v
+
+
+def sparsity_list(text: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected a comma-separated list like 0.4,0.5,0.6")
+    return [sparsity(p) for p in parts]
+
+
+def positive(text: str) -> float:
+    v = _float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return v
+
+
+def count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def existing_file(text: str) -> str:
+    p = Path(text)
+    if text.startswith(("http://", "https://", "file://")):
+        return text
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    return text
+
+
+# ---------- shared option groups ----------
+
+
+def _data_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA,
+        help="CIFAR-10 as cifar-10-python.tar.gz / cifar-10-batches-py or an image-folder "
+        f"tree train/<class>/*, test/<class>/* (default: {DEFAULT_DATA})",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="downloads and decoded data (default: $PRUNELAB_CACHE or ~/.cache/prunelab)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=count,
+        default=5000,
+        help="training images held out for validation (default 5000)",
+    )
+    p.add_argument(
+        "--train-subset",
+        type=count,
+        default=None,
+        help="use only this many training images (quick experiments)",
+    )
+    p.add_argument(
+        "--test-subset",
+        type=count,
+        default=None,
+        help="use only this many test images (quick experiments)",
+    )
+
+
+def _run_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast (fast on AMX CPUs and GPUs; fp32 is the default)",
+    )
+    p.add_argument("--seed", type=count, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _train_opts(
+    p: argparse.ArgumentParser, epochs: int, lr: float, optimizer: str, schedule: str
+) -> None:
+    p.add_argument("--epochs", type=count, default=epochs, help=f"(default {epochs})")
+    p.add_argument("--batch-size", type=int, default=256, help="(default 256)")
+    p.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam", "adamw"],
+        default=optimizer,
+        help=f"(default {optimizer})",
+    )
+    p.add_argument("--lr", type=positive, default=lr, help=f"peak learning rate (default {lr})")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="(default 5e-4)")
+    p.add_argument(
+        "--schedule",
+        choices=["onecycle", "cosine", "constant"],
+        default=schedule,
+        help=f"learning-rate schedule (default {schedule})",
+    )
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="(default 0.1)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the state saved beside --out by an interrupted run",
+    )
+
+
+def _config(args: argparse.Namespace, keep_best: bool = False):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=not args.no_nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        bf16=args.bf16,
+        seed=args.seed,
+        keep_best=keep_best,
+    )
+
+
+def _splits(args: argparse.Namespace):
+    from .tasks import load_splits
+
+    return load_splits(
+        args.data_dir,
+        args.cache_dir,
+        val_size=args.val_size,
+        seed=args.seed,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+    )
+
+
+def _device(args: argparse.Namespace):
+    from .train import resolve_device
+
+    return resolve_device(args.device)
+
+
+def _check_out(path: str | None) -> None:
+    """Fail before working if the output location cannot be written."""
+    if path is None:
+        return
+    from .fileio import ensure_writable
+
+    ensure_writable(Path(path))
+
+
+# ---------- commands ----------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .tasks import train_dense
+
+    _check_out(args.out)
+    device = _device(args)
+    cfg = _config(args)
+    cfg.validate()
+    splits = _splits(args)
+    _, meta = train_dense(
+        splits,
+        args.width,
+        cfg,
+        args.out,
+        device=device,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(
+        f"test accuracy {meta['test_accuracy']:.4f} after {cfg.epochs} epochs "
+        f"({meta['seconds']:.0f} s); saved {args.out}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import format_metrics
+    from .models import load_model
+    from .pruning import sparsity_report
+    from .report import plot_confusion
+    from .train import evaluate
+
+    _check_out(args.json)
+    _check_out(args.confusion)
+    device = _device(args)
+    model, _ = load_model(args.checkpoint, args.cache_dir)
+    splits = _splits(args)
+    x, y = splits.split(args.split)
+    m = evaluate(
+        model,
+        x,
+        y,
+        len(splits.classes),
+        device=device,
+        bf16=args.bf16,
+        progress=not args.no_progress,
+    )
+    m.pop("predictions")
+    m["sparsity"] = sparsity_report(model)["total"]["sparsity"]
+    m["split"] = args.split
+    m["classes"] = splits.classes
+    print(format_metrics(m, splits.classes))
+    print(f"\n{m['num_images']} {args.split} images; conv-weight sparsity {m['sparsity']:.4f}")
+    if args.json:
+        from .fileio import write_json
+
+        write_json(args.json, m)
+    if args.confusion:
+        plot_confusion(
+            m["confusion_matrix"],
+            splits.classes,
+            args.confusion,
+            f"{Path(args.checkpoint).name}: accuracy {m['accuracy']:.4f}",
+        )
+    return 0
+
+
+def cmd_sparsity(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .pruning import format_sparsity_table, sparsity_report
+
+    model, _ = load_model(args.checkpoint, args.cache_dir)
+    rep = sparsity_report(model, scope=args.scope)
+    print(format_sparsity_table(rep))
+    if args.json:
+        from .fileio import write_json
+
+        write_json(args.json, rep)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .models import load_model, save_checkpoint
+    from .pruning import format_sparsity_table, sparsity_report
+    from .tasks import prune
+
+    if (args.sparsity is None) == (args.plan is None):
+        raise PrunelabError("give exactly one of --sparsity S or --plan plan.json")
+    _check_out(args.out)
+    plan: Any = args.sparsity
+    if args.plan:
+        plan = _read_plan(args.plan)
+    model, ckpt = load_model(args.checkpoint, args.cache_dir)
+    pruner = prune(model, plan, scope=args.scope)
+    rep = sparsity_report(model, scope=args.scope)
+    print(format_sparsity_table(rep))
+    meta = dict(ckpt.get("meta", {}))
+    meta.update(
+        {
+            "produced_by": "prunelab prune",
+            "parent": str(args.checkpoint),
+            "plan": plan,
+            "scope": args.scope,
+            "sparsity": rep["total"]["sparsity"],
+        }
+    )
+    save_checkpoint(args.out, model, meta, masks=pruner.masks)
+    print(f"saved {args.out}")
+    return 0
+
+
+def _read_plan(path: str) -> Any:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PrunelabError(f"plan {path}: cannot read it as JSON ({e})") from None
+    if isinstance(plan, dict) and "plan" in plan:
+        plan = plan["plan"]
+    if not isinstance(plan, dict | float | int):
+        raise PrunelabError(
+            f"plan {path}: expected a JSON object mapping layer names to sparsities"
+        )
+    return plan
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .sensitivity import (
+        plot_layer_params,
+        plot_sensitivity,
+        plot_weight_histograms,
+        sensitivity_scan,
+        write_scan,
+    )
+
+    _check_out(args.out)
+    device = _device(args)
+    model, _ = load_model(args.checkpoint, args.cache_dir)
+    splits = _splits(args)
+    x, y = splits.split(args.split)
+    res = sensitivity_scan(
+        model,
+        x,
+        y,
+        sparsities=args.sparsities,
+        scope=args.scope,
+        device=device,
+        bf16=args.bf16,
+        progress=not args.no_progress,
+    )
+    res["split"] = args.split
+    out = Path(args.out)
+    write_scan(res, out / "sensitivity.json", out / "sensitivity.csv")
+    plot_sensitivity(res, out / "sensitivity.png")
+    plot_layer_params(model, out / "layer_params.png")
+    plot_weight_histograms(model, out / "weight_histograms.png")
+    print(f"dense accuracy {res['dense_accuracy']:.4f} on {args.split} ({len(y)} images)")
+    for name, row in res["layers"].items():
+        accs = " ".join(f"{a:.3f}" for a in row["accuracy"])
+        print(f"{name:28s} {accs}")
+    print(f"wrote {out}/sensitivity.{{json,csv,png}} in {res['seconds']:.1f} s")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .models import load_model, save_checkpoint
+    from .pruning import Pruner, sparsity_report
+    from .tasks import finetune
+
+    _check_out(args.out)
+    device = _device(args)
+    cfg = _config(args, keep_best=True)
+    cfg.validate()
+    model, ckpt = load_model(args.checkpoint, args.cache_dir)
+    if ckpt.get("masks"):
+        pruner = Pruner.from_masks(model, ckpt["masks"])
+    elif args.sparsity is not None:
+        pruner = Pruner(model, args.sparsity, scope=args.scope)
+        pruner.apply()
+    else:
+        raise PrunelabError(f"{args.checkpoint} holds no masks: prune it first or give --sparsity")
+    splits = _splits(args)
+    out = Path(args.out)
+    res, sp = finetune(
+        model,
+        pruner,
+        splits,
+        cfg,
+        state_path=out.with_name(out.name + ".state"),
+        resume=args.resume,
+        device=device,
+        progress=not args.no_progress,
+    )
+    from .train import evaluate
+
+    test = evaluate(model, splits.test_x, splits.test_y, len(splits.classes), device=device)
+    meta = dict(ckpt.get("meta", {}))
+    meta.update(
+        {
+            "produced_by": "prunelab finetune",
+            "parent": str(args.checkpoint),
+            "test_accuracy": test["accuracy"],
+            "history": res.history,
+            "best_epoch": res.best_epoch,
+            **sp,
+            "sparsity": sparsity_report(model)["total"]["sparsity"],
+        }
+    )
+    save_checkpoint(out, model, meta, masks=pruner.masks)
+    state = out.with_name(out.name + ".state")
+    if state.exists():
+        state.unlink()
+    print(
+        f"test accuracy {test['accuracy']:.4f}; sparsity {sp['sparsity_before']:.4f} before, "
+        f"{sp['sparsity_after']:.4f} after; saved {out}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .recipes import load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe)
+    _check_out(args.out)
+    run_recipe(
+        recipe,
+        data_dir=args.data_dir,
+        out=args.out,
+        cache=args.cache_dir,
+        device=_device(args),
+        progress=not args.no_progress,
+        fresh=args.fresh,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="prunelab",
+        description="Fine-grained magnitude pruning of CNNs, with the "
+        "VGG/CIFAR-10 pruning study built in. Start with: prunelab run recipes/quick.toml",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = sub.add_parser("train", help="train a dense VGG from scratch")
+    _data_opts(s)
+    _run_opts(s)
+    _train_opts(s, epochs=10, lr=0.1, optimizer="sgd", schedule="onecycle")
+    s.add_argument("--width", type=positive, default=0.25, help="channel multiplier (default 0.25)")
+    s.add_argument("--out", default="checkpoints/vgg.pth", help="checkpoint to write")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="accuracy, precision, recall, specificity, F1 of a model")
+    s.add_argument("--checkpoint", required=True, type=existing_file, help="file or URL")
+    _data_opts(s)
+    _run_opts(s)
+    s.add_argument("--split", choices=["test", "val"], default="test")
+    s.add_argument("--json", default=None, help="write the metrics here")
+    s.add_argument("--confusion", default=None, help="draw the confusion matrix to this PNG")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sparsity", help="per-layer sparsity, MACs and size table of a checkpoint")
+    s.add_argument("checkpoint", type=existing_file)
+    s.add_argument("--scope", choices=["conv", "all"], default="conv")
+    s.add_argument("--json", default=None, help="write the report here")
+    s.add_argument("--cache-dir", default=None)
+    s.set_defaults(func=cmd_sparsity)
+
+    s = sub.add_parser("prune", help="magnitude-prune a checkpoint (uniform sparsity or a plan)")
+    s.add_argument("--checkpoint", required=True, type=existing_file)
+    s.add_argument("--sparsity", type=sparsity, default=None, help="uniform sparsity in [0, 1]")
+    s.add_argument(
+        "--plan",
+        type=existing_file,
+        default=None,
+        help="JSON mapping layer names to sparsities (from `prunelab plan`)",
+    )
+    s.add_argument(
+        "--scope",
+        choices=["conv", "all"],
+        default="conv",
+        help="conv: every Conv2d weight (the study); all: Conv2d and Linear",
+    )
+    s.add_argument("--out", required=True, help="pruned checkpoint to write (masks included)")
+    s.add_argument("--cache-dir", default=None)
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("sensitivity", help="per-layer sensitivity scan (CSV, JSON, figures)")
+    s.add_argument("--checkpoint", required=True, type=existing_file)
+    _data_opts(s)
+    _run_opts(s)
+    s.add_argument(
+        "--sparsities",
+        type=sparsity_list,
+        default=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        help="comma-separated (default 0.4,...,0.9)",
+    )
+    s.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="val",
+        help="val (held out of training, the better practice; default) or test "
+        "(what the study did)",
+    )
+    s.add_argument("--scope", choices=["conv", "all"], default="conv")
+    s.add_argument("--out", default="runs/sensitivity", help="folder for the outputs")
+    s.set_defaults(func=cmd_sensitivity)
+
+    s = sub.add_parser("finetune", help="fine-tune a pruned model; pruned weights stay zero")
+    s.add_argument(
+        "--checkpoint",
+        required=True,
+        type=existing_file,
+        help="a pruned checkpoint (with masks), or a dense one with --sparsity",
+    )
+    s.add_argument("--sparsity", type=sparsity, default=None)
+    s.add_argument("--scope", choices=["conv", "all"], default="conv")
+    _data_opts(s)
+    _run_opts(s)
+    _train_opts(s, epochs=5, lr=0.01, optimizer="sgd", schedule="cosine")
+    s.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("run", help="run a recipe (the whole study) and write its report")
+    s.add_argument("recipe", type=existing_file, help="a recipe TOML, e.g. recipes/quick.toml")
+    s.add_argument("--data-dir", default=DEFAULT_DATA)
+    s.add_argument("--cache-dir", default=None)
+    s.add_argument("--out", default=None, help="run folder (default runs/<recipe name>)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--fresh", action="store_true", help="ignore finished steps and redo them")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PrunelabError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"prunelab {args.command}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("prunelab: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
