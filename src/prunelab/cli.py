@@ -249,7 +249,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     m.pop("predictions")
-    m["sparsity"] = sparsity_report(model)["total"]["sparsity"]
+    m["sparsity"] = sparsity_report(model)["prunable_sparsity"]
     m["split"] = args.split
     m["classes"] = splits.classes
     print(format_metrics(m, splits.classes))
@@ -304,7 +304,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "parent": str(args.checkpoint),
             "plan": plan,
             "scope": args.scope,
-            "sparsity": rep["total"]["sparsity"],
+            "sparsity": rep["prunable_sparsity"],
         }
     )
     save_checkpoint(args.out, model, meta, masks=pruner.masks)
@@ -406,7 +406,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             "history": res.history,
             "best_epoch": res.best_epoch,
             **sp,
-            "sparsity": sparsity_report(model)["total"]["sparsity"],
+            "sparsity": sparsity_report(model)["prunable_sparsity"],
         }
     )
     save_checkpoint(out, model, meta, masks=pruner.masks)

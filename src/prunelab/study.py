@@ -231,7 +231,7 @@ class Study:
             {
                 "produced_by": "prunelab run: prune",
                 "target_sparsity": s,
-                "sparsity": sparsity_report(model)["total"]["sparsity"],
+                "sparsity": sparsity_report(model)["prunable_sparsity"],
                 "layers": pruner.report(),
             }
         )
@@ -288,8 +288,9 @@ class Study:
             )
             rep = sparsity_report(model)
             m["predictions"] = m["predictions"].tolist()
-            m["sparsity"] = rep["total"]["sparsity"]
-            m["nonzero_mib"] = rep["total"]["nonzero_mib"]
+            m["sparsity"] = rep["prunable_sparsity"]
+            nonzero = rep["model_params"] * (1 - rep["model_sparsity_all_params"])
+            m["nonzero_mib"] = nonzero * 4 / 2**20  # every parameter, non-zeros at fp32
             write_json(path, m)
         row = {
             "name": name,

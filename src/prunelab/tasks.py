@@ -176,7 +176,7 @@ def finetune(
     step_hook: Any = None,
 ) -> tuple[FitResult, dict[str, float]]:
     """Fine-tune with the masks held fixed; proves the sparsity did not change."""
-    before = sparsity_report(model)["total"]["sparsity"] if pruner is not None else 0.0
+    before = sparsity_report(model)["prunable_sparsity"] if pruner is not None else 0.0
     val = (splits.val_x, splits.val_y) if len(splits.val_x) else None
     res = fit(
         model,
@@ -192,7 +192,7 @@ def finetune(
         desc=desc,
         step_hook=step_hook,
     )
-    after = sparsity_report(model)["total"]["sparsity"] if pruner is not None else 0.0
+    after = sparsity_report(model)["prunable_sparsity"] if pruner is not None else 0.0
     if step_hook is None and pruner is not None and after != before:
         raise AssertionError(f"fine-tuning changed sparsity from {before} to {after}")
     return res, {"sparsity_before": before, "sparsity_after": after}
