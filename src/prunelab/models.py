@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.parse
 from collections import OrderedDict
@@ -158,7 +159,9 @@ def save_checkpoint(
 ) -> Path:
     """Write the published format ({"state_dict": ...}) plus width, metadata, masks; atomic."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    obj: dict[str, Any] = {"state_dict": state, "meta": dict(meta or {})}
+    # meta goes through JSON so the file holds plain types and loads with weights_only=True
+    plain_meta = json.loads(json.dumps(meta or {}, default=str))
+    obj: dict[str, Any] = {"state_dict": state, "meta": plain_meta}
     if hasattr(model, "width"):
         obj["width"] = float(model.width)
     if masks:

@@ -85,7 +85,7 @@ def environment() -> dict[str, Any]:
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "prunelab": __version__,
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
