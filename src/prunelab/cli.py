@@ -410,6 +410,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         }
     )
     save_checkpoint(out, model, meta, masks=pruner.masks)
+    from .report import plot_curves
+
+    plot_curves({out.stem: res.history}, out.with_suffix(".png"), title=f"fine-tuning {out.name}")
     state = out.with_name(out.name + ".state")
     if state.exists():
         state.unlink()
