@@ -132,3 +132,25 @@ def test_plots_and_files(setup, tmp_path):
     assert float(rows[-1]["accuracy"]) == result["layers"]["backbone.conv1"]["accuracy"][-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["scan.png", "params.png", "hist.png", "scan.json", "scan.csv"])  # no temp files left
+
+
+def test_fast_path_runs_the_prefix_once_per_batch(setup):
+    model, x, y = setup
+    calls = []
+    hook = model.backbone.conv0.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+    try:
+        scan(model, x, y, scope="all", batch_size=100)
+    finally:
+        hook.remove()
+    # per batch: one dense pass plus one per conv0 probe; the reuse check adds two on batch 0;
+    # the other layers' probes (classifier included) never re-enter the first layer
+    assert len(calls) == 2 * (len(SPARSITIES) + 1) + 2
+
+
+def test_bf16_autocast_runs_and_restores(setup):
+    model, x, y = setup
+    before = bits(model)
+    r = scan(model, x[:64], y[:64], layers=["backbone.conv6"], bf16=True)
+    assert r["settings"]["bf16"]
+    assert all(0 <= a <= 1 for a in r["layers"]["backbone.conv6"]["accuracy"])
+    assert bits(model) == before
