@@ -172,6 +172,10 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
         cfg.keep_best = True
         runs.append({"name": name, "config": cfg})
     rec["finetune"] = runs
+    if "compare" in raw:  # "beyond the study": compare pruning methods (see beyond.py)
+        from .beyond import parse_compare
+
+        rec["compare"] = parse_compare(raw["compare"], file, seed, rec)
     return rec
 
 
@@ -199,7 +203,12 @@ def run_recipe(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "recipe.json", _resolved(rec))
     t0 = time.perf_counter()
-    study = Study(rec, data_dir, out, cache, torch.device(device), progress, fresh)
-    results = study.run()
+    if "compare" in rec:
+        from .beyond import run_beyond
+
+        results = run_beyond(rec, data_dir, out, cache, torch.device(device), progress, fresh)
+    else:
+        study = Study(rec, data_dir, out, cache, torch.device(device), progress, fresh)
+        results = study.run()
     print(f"study finished in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
     return results

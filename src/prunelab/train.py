@@ -238,6 +238,13 @@ def fit(
     cfg.validate()
     device = torch.device(device)
     rank, world = _rank_world()
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
+    if world > 1 and cfg.batch_size % world:
+        raise PrunelabError(
+            f"batch_size {cfg.batch_size} must be a multiple of the {world} ranks "
+            "(each rank takes an equal share of every batch)"
+        )
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -331,6 +338,11 @@ def fit(
                         f"state saved to {state_path}; rerun the same command with --resume"
                     )
             bar.close()
+            if world > 1:
+                # DDP broadcasts buffers before each forward, so after the last one every rank
+                # holds BatchNorm statistics of its own shard: make them rank 0's everywhere
+                for buf in model.buffers():
+                    dist.broadcast(buf, 0)
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum.item() / max(seen, 1),
@@ -356,7 +368,7 @@ def fit(
                     if cfg.keep_best:
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             result.history.append(row)
-            if progress and rank == 0:
+            if rank == 0:  # one log line per epoch, with or without progress bars
                 msg = " ".join(
                     f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 )
