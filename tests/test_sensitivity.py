@@ -154,3 +154,15 @@ def test_bf16_autocast_runs_and_restores(setup):
     assert r["settings"]["bf16"]
     assert all(0 <= a <= 1 for a in r["layers"]["backbone.conv6"]["accuracy"])
     assert bits(model) == before
+
+
+def test_bf16_probes_see_the_pruned_weights(setup):
+    """Regression: autocast's weight cache once made every bf16 probe score the dense model."""
+    model, x, y = setup
+    fp32 = scan(model, x, y, scope="all")
+    bf16 = scan(model, x, y, scope="all", bf16=True)
+    accs = [a for r in bf16["layers"].values() for a in r["accuracy"]]
+    assert len(set(accs)) > 3
+    for name, r in bf16["layers"].items():
+        for a, b in zip(r["accuracy"], fp32["layers"][name]["accuracy"], strict=True):
+            assert abs(a - b) <= 0.1, (name, a, b)

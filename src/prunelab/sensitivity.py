@@ -141,7 +141,10 @@ def _scan(model: nn.Module, scoped: dict[str, nn.Module], names: list[str], sps:
     achieved: dict[tuple[str, float], float] = {}
     correct = {(n, s): 0 for n in names for s in sps}
     dense = 0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    # cache_enabled=False: autocast otherwise caches each weight's bf16 copy for the whole
+    # context, so probes that prune weights in place would all see the dense weights
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16,
+                              cache_enabled=False)
 
     @contextlib.contextmanager
     def pruned(n: str, s: float):
