@@ -66,6 +66,16 @@ def _float(text: str) -> float:
     return v
 
 
+def cap_item(text: str) -> tuple[str, float]:
+    """'backbone.conv3=0.5' -> (layer, cap)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected LAYER=CAP like backbone.conv0=0.5, got {text!r}"
+        )
+    return name.strip(), sparsity(value)
+
+
 def existing_file(text: str) -> str:
     p = Path(text)
     if text.startswith(("http://", "https://", "file://")):
@@ -190,6 +200,32 @@ def _device(args: argparse.Namespace):
     return resolve_device(args.device)
 
 
+def _distributed(cmd):
+    """Under torchrun (WORLD_SIZE > 1): check --device, join the process group (NCCL on GPUs,
+    gloo on the CPU), run on this rank's device (LOCAL_RANK picks the GPU), print only on
+    rank 0, and leave the group afterwards. Otherwise run `cmd` unchanged."""
+    import contextlib
+    import functools
+    import io
+
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        from .distributed import cleanup, init_from_env, is_main, launched_by_torchrun
+
+        if not launched_by_torchrun():
+            return cmd(args)
+        _device(args)  # refuse a bad or unavailable --device before joining
+        args.device = str(init_from_env(args.device)[2])
+        quiet = contextlib.nullcontext() if is_main() else contextlib.redirect_stdout(io.StringIO())
+        try:
+            with quiet:
+                return cmd(args)
+        finally:
+            cleanup()
+
+    return run
+
+
 def _check_out(path: str | None) -> None:
     """Fail before working if the output location cannot be written."""
     if path is None:
@@ -202,6 +238,7 @@ def _check_out(path: str | None) -> None:
 # ---------- commands ----------
 
 
+@_distributed
 def cmd_train(args: argparse.Namespace) -> int:
     from .tasks import train_dense
 
@@ -365,6 +402,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+@_distributed
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .models import load_model, save_checkpoint
     from .pruning import Pruner, sparsity_report
@@ -375,10 +413,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = _config(args, keep_best=True)
     cfg.validate()
     model, ckpt = load_model(args.checkpoint, args.cache_dir)
-    if ckpt.get("masks"):
+    if args.sparsity is not None and args.plan is not None:
+        raise PrunelabError("give at most one of --sparsity S or --plan plan.json")
+    target = _read_plan(args.plan) if args.plan else args.sparsity
+    hook = None
+    if args.prune_schedule == "gradual":
+        pruner, hook = _gradual_pruner(args, model, ckpt, target)
+        cfg.keep_best = False  # earlier epochs have other masks: keep the final one
+    elif ckpt.get("masks"):
         pruner = Pruner.from_masks(model, ckpt["masks"])
-    elif args.sparsity is not None:
-        pruner = Pruner(model, args.sparsity, scope=args.scope)
+    elif target is not None:
+        pruner = Pruner(model, target, scope=args.scope)
         pruner.apply()
     else:
         raise PrunelabError(f"{args.checkpoint} holds no masks: prune it first or give --sparsity")
@@ -393,6 +438,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=device,
         progress=not args.no_progress,
+        step_hook=hook,
     )
     from .train import evaluate
 
@@ -414,12 +460,77 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     plot_curves({out.stem: res.history}, out.with_suffix(".png"), title=f"fine-tuning {out.name}")
     state = out.with_name(out.name + ".state")
-    if state.exists():
-        state.unlink()
+    state.unlink(missing_ok=True)  # under torchrun every rank gets here: no exists() race
     print(
         f"test accuracy {test['accuracy']:.4f}; sparsity {sp['sparsity_before']:.4f} before, "
         f"{sp['sparsity_after']:.4f} after; saved {out}"
     )
+    return 0
+
+
+def _gradual_pruner(args: argparse.Namespace, model: Any, ckpt: dict, target: Any):
+    """A GradualPruner for `finetune --prune-schedule gradual`, and its step hook."""
+    from .gradual import GradualPruner
+
+    if ckpt.get("masks"):
+        raise PrunelabError(f"{args.checkpoint} already holds masks: gradual pruning starts "
+                            "from a dense checkpoint")
+    if target is None:
+        raise PrunelabError("--prune-schedule gradual needs the final sparsity: "
+                            "--sparsity S or --plan plan.json")
+    pruner = GradualPruner(
+        model,
+        target,
+        scope=args.scope,
+        initial_sparsity=args.initial_sparsity,
+        prune_every=args.prune_every,
+        prune_steps_fraction=args.prune_steps_fraction,
+    )
+    return pruner, pruner.hook
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .fileio import write_json
+    from .models import load_model
+    from .plan import format_plan_table, global_plan, sensitivity_plan
+
+    _check_out(args.out)
+    scan = None
+    if args.scan:
+        try:
+            scan = json.loads(Path(args.scan).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PrunelabError(f"scan {args.scan}: cannot read it as JSON ({e})") from None
+    model, _ = load_model(args.checkpoint, args.cache_dir)
+    if args.global_:
+        if args.cap or args.max_drop is not None:
+            raise PrunelabError("--cap and --max-drop apply to the sensitivity plan, not --global")
+        plan = global_plan(model, args.target, scope=args.scope, scan=scan)
+    else:
+        if scan is None:
+            raise PrunelabError(
+                "a sensitivity plan needs --scan SENSITIVITY_JSON (or use --global)"
+            )
+        caps = dict(args.cap or [])
+        plan = sensitivity_plan(scan, model, args.target, scope=args.scope, caps=caps,
+                                default_cap=args.default_cap, first_last_cap=args.first_last_cap,
+                                max_drop=args.max_drop)
+    print(format_plan_table(plan, model))
+    write_json(args.out, plan)
+    print(f"wrote {args.out}; apply it with: prunelab prune --checkpoint {args.checkpoint} "
+          f"--plan {args.out} --scope {args.scope} --out PRUNED.pth")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_compressed, format_size_table, size_table
+    from .models import load_model
+
+    _check_out(args.out)
+    model, _ = load_model(args.checkpoint, args.cache_dir)
+    info = export_compressed(model, args.out, fp16=args.fp16)
+    print(format_size_table(size_table(args.dense, args.checkpoint, args.out, model)))
+    print(f"wrote {args.out} ({info['bytes']:,} bytes)")
     return 0
 
 
@@ -438,6 +549,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         fresh=args.fresh,
     )
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.bench_argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -525,8 +642,52 @@ def build_parser() -> argparse.ArgumentParser:
     _data_opts(s)
     _run_opts(s)
     _train_opts(s, epochs=5, lr=0.01, optimizer="sgd", schedule="cosine")
+    s.add_argument("--plan", type=existing_file, default=None,
+                   help="per-layer final sparsities (from `prunelab plan`) instead of --sparsity")
+    s.add_argument("--prune-schedule", choices=["oneshot", "gradual"], default="oneshot",
+                   help="oneshot: prune, then fine-tune (default); gradual: start dense and "
+                   "raise sparsity along a cubic schedule while training (Zhu & Gupta)")
+    s.add_argument("--initial-sparsity", type=sparsity, default=0.0,
+                   help="gradual: overall sparsity at the first step (default 0)")
+    s.add_argument("--prune-every", type=int, default=100,
+                   help="gradual: optimizer steps between mask updates (default 100)")
+    s.add_argument("--prune-steps-fraction", type=sparsity, default=0.5,
+                   help="gradual: fraction of all steps spent pruning; then the masks are "
+                   "frozen (default 0.5)")
     s.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
     s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser(
+        "plan", help="per-layer sparsities reaching a target from a sensitivity scan"
+    )
+    s.add_argument("--scan", type=existing_file, default=None,
+                   help="sensitivity.json from `prunelab sensitivity` (best on the val split)")
+    s.add_argument("--checkpoint", required=True, type=existing_file)
+    s.add_argument("--target", required=True, type=sparsity,
+                   help="overall sparsity of the scope's weights, e.g. 0.8")
+    s.add_argument("--cap", type=cap_item, action="append", default=None, metavar="LAYER=CAP",
+                   help="most a layer may be pruned (repeatable)")
+    s.add_argument("--default-cap", type=sparsity, default=0.95, help="(default 0.95)")
+    s.add_argument("--first-last-cap", type=sparsity, default=0.8,
+                   help="cap of the first and last layer of the scope (default 0.8)")
+    s.add_argument("--max-drop", type=sparsity, default=None,
+                   help="most accuracy a layer may lose by the scan, e.g. 0.02 = 2 points")
+    s.add_argument("--global", dest="global_", action="store_true",
+                   help="one magnitude threshold over the scope instead (for comparison)")
+    s.add_argument("--scope", choices=["conv", "all"], default="conv")
+    s.add_argument("--out", default="plan.json", help="plan JSON for `prunelab prune --plan`")
+    s.add_argument("--cache-dir", default=None)
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("export", help="write a pruned model compactly; print real file sizes")
+    s.add_argument("checkpoint", type=existing_file)
+    s.add_argument("--out", required=True, help="compressed model to write, e.g. model.plz")
+    s.add_argument("--fp16", action="store_true", help="store values as fp16 (lossy, half size)")
+    s.add_argument("--dense", type=existing_file, default=None,
+                   help="the dense checkpoint, for the size comparison (default: the plain "
+                   "state dict, which has the same size)")
+    s.add_argument("--cache-dir", default=None)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("run", help="run a recipe (the whole study) and write its report")
     s.add_argument("recipe", type=existing_file, help="a recipe TOML, e.g. recipes/quick.toml")
@@ -537,12 +698,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="ignore finished steps and redo them")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_run)
+
+    # options are bench.py's own (it imports torch, which the parser must not): see main()
+    s = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="time evaluation, training and the scan against a plain PyTorch baseline "
+        "(prunelab bench --help)",
+    )
+    s.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.bench_argv = extra
     try:
         return int(args.func(args) or 0)
     except PrunelabError as e:

@@ -150,9 +150,11 @@ def train_dense(
         "source": f"trained by prunelab ({cfg.epochs} epochs, {res.seconds:.0f} s)",
         **(extra_meta or {}),
     }
-    save_checkpoint(out, model, meta)
-    if state.exists():
-        state.unlink()  # the run finished; its resume state is no longer needed
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    ):  # under torchrun only rank 0 writes
+        save_checkpoint(out, model, meta)
+        state.unlink(missing_ok=True)  # the run finished; its resume state is not needed
     return model, meta
 
 
