@@ -123,7 +123,7 @@ def test_sensitivity_writes_figure(flow):
                 "--sparsities",
                 "0.5,0.9",
                 "--split",
-                "val",
+                "test",  # the real test images (500 of them), as the study scanned
                 "--out",
                 str(d / "sens"),
             ]
@@ -131,7 +131,7 @@ def test_sensitivity_writes_figure(flow):
         == 0
     )
     res = json.loads((d / "sens" / "sensitivity.json").read_text())
-    assert res["split"] == "val" and len(res["layers"]) == 8
+    assert res["split"] == "test" and len(res["layers"]) == 8
     assert (d / "sens" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
 
 
