@@ -10,7 +10,7 @@ import json
 import os
 import time
 import tomllib
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -181,10 +181,7 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
 
 def _resolved(rec: dict[str, Any]) -> dict[str, Any]:
     """The recipe with every default filled in, as recorded in the run folder."""
-    from dataclasses import asdict
-
-    out = json.loads(json.dumps(rec, default=lambda o: asdict(o)))
-    return out
+    return json.loads(json.dumps(rec, default=asdict))
 
 
 def run_recipe(

@@ -40,7 +40,7 @@ def plot_confusion(
 
 
 def _draw_confusion(ax: Any, cm: list[list[int]], classes: list[str], title: str) -> None:
-    im = ax.imshow(cm, cmap="Blues")
+    ax.imshow(cm, cmap="Blues")
     k = len(classes)
     ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(k), classes, fontsize=7)
@@ -59,7 +59,6 @@ def _draw_confusion(ax: Any, cm: list[list[int]], classes: list[str], title: str
                 fontsize=5,
                 color="white" if cm[i][j] > top / 2 else "black",
             )
-    del im
 
 
 def plot_confusion_grid(
