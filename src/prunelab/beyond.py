@@ -29,7 +29,7 @@ from .recipes import _expect, _is_num, _sparsities, train_config
 from .report import PUBLISHED
 from .sensitivity import plot_sensitivity, sensitivity_scan, write_scan
 from .study import Study, _light, tag
-from .tasks import Splits, environment, finetune, load_splits
+from .tasks import Splits, environment, finetune, load_splits, state_path_for
 
 METHODS = {
     "uniform": "uniform one-shot",
@@ -277,7 +277,7 @@ class Beyond(Study):
         gp = GradualPruner(model, plan["plan"], scope=cmp["scope"],
                            initial_sparsity=g["initial_sparsity"], prune_every=g["prune_every"],
                            prune_steps_fraction=g["prune_steps_fraction"])
-        state = path.with_name(path.name + ".state")
+        state = state_path_for(path)
         res, sp = finetune(model, gp, splits, cmp["finetune"], state_path=state,
                            resume=state.exists(), device=self.device, progress=self.progress,
                            desc=f"gradual {name}", step_hook=gp.hook)
@@ -290,8 +290,7 @@ class Beyond(Study):
                      "history": res.history, "updates": gp.updates, **sp,
                      "seconds": res.seconds})
         save_checkpoint(path, model, meta, masks=gp.masks)
-        if state.exists():
-            state.unlink()
+        state.unlink(missing_ok=True)
 
 
 def _check_layers(model: torch.nn.Module, plan: dict[str, float], name: str) -> None:

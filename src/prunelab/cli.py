@@ -406,7 +406,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .models import load_model, save_checkpoint
     from .pruning import Pruner, sparsity_report
-    from .tasks import finetune
+    from .tasks import finetune, state_path_for
 
     _check_out(args.out)
     device = _device(args)
@@ -434,7 +434,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         pruner,
         splits,
         cfg,
-        state_path=out.with_name(out.name + ".state"),
+        state_path=state_path_for(out),
         resume=args.resume,
         device=device,
         progress=not args.no_progress,
@@ -459,8 +459,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .report import plot_curves
 
     plot_curves({out.stem: res.history}, out.with_suffix(".png"), title=f"fine-tuning {out.name}")
-    state = out.with_name(out.name + ".state")
-    state.unlink(missing_ok=True)  # under torchrun every rank gets here: no exists() race
+    state_path_for(out).unlink(missing_ok=True)  # every torchrun rank gets here: no race
     print(
         f"test accuracy {test['accuracy']:.4f}; sparsity {sp['sparsity_before']:.4f} before, "
         f"{sp['sparsity_after']:.4f} after; saved {out}"

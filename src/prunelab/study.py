@@ -24,7 +24,15 @@ from .sensitivity import (
     sensitivity_scan,
     write_scan,
 )
-from .tasks import Splits, environment, finetune, load_splits, summarize, train_dense
+from .tasks import (
+    Splits,
+    environment,
+    finetune,
+    load_splits,
+    state_path_for,
+    summarize,
+    train_dense,
+)
 from .train import evaluate
 
 
@@ -188,7 +196,7 @@ class Study:
                 meta["source"] = f"checkpoint {d['checkpoint']}"
                 save_checkpoint(path, model, meta)
                 return
-        state = path.with_name(path.name + ".state")
+        state = state_path_for(path)
         train_dense(
             splits,
             d["width"],
@@ -242,7 +250,7 @@ class Study:
     ) -> None:
         model, ck = load_model(pruned)
         pruner = Pruner.from_masks(model, ck["masks"])
-        state = path.with_name(path.name + ".state")
+        state = state_path_for(path)
         res, sp = finetune(
             model,
             pruner,
@@ -265,8 +273,7 @@ class Study:
             }
         )
         save_checkpoint(path, model, meta, masks=pruner.masks)
-        if state.exists():
-            state.unlink()
+        state.unlink(missing_ok=True)
 
     def _evaluated(self, name: str, model: VGG, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json."""

@@ -79,6 +79,12 @@ def load_splits(
     )
 
 
+def state_path_for(out: str | os.PathLike) -> Path:
+    """Where a run writing `out` keeps its resume state (deleted once `out` is saved)."""
+    out = Path(out)
+    return out.with_name(out.name + ".state")
+
+
 def environment() -> dict[str, Any]:
     """Versions and device, recorded beside every result."""
     import platform
@@ -115,7 +121,7 @@ def train_dense(
     torch.manual_seed(cfg.seed)
     model = VGG(width=width, num_classes=len(splits.classes))
     out = Path(out)
-    state = out.with_name(out.name + ".state")
+    state = state_path_for(out)
     res = fit(
         model,
         splits.train_x,
