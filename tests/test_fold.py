@@ -11,7 +11,7 @@ from prunelab.bench import calibrate
 from prunelab.data import subset
 from prunelab.fold import fold_batchnorm, fold_conv_bn, remaining_batchnorms
 from prunelab.models import VGG
-from prunelab.train import predict
+from prunelab.train import evaluate, predict
 
 
 def _random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -79,3 +79,20 @@ def test_fold_refuses_bn_without_running_stats():
         fold_conv_bn(conv, bn)
     seq = nn.Sequential(conv, bn)
     assert remaining_batchnorms(fold_batchnorm(seq)) == 1  # left as it is, not folded
+
+
+def test_evaluate_folds_by_default_and_can_run_the_model_as_is(cifar):
+    torch.manual_seed(0)
+    model = calibrate(VGG(width=0.25), cifar.train_x[:256])
+    x, y = subset(cifar.test_x, cifar.test_y, 300, seed=1)
+    hits = []
+    hook = model.backbone[1].register_forward_hook(lambda *_: hits.append(1))
+    try:
+        folded = evaluate(model, x, y, batch_size=150)
+        assert hits == []  # the model's own BatchNorm never ran: a folded copy did
+        plain = evaluate(model, x, y, batch_size=150, fold_bn=False)
+        assert len(hits) == 2
+    finally:
+        hook.remove()
+    assert torch.equal(folded["predictions"], plain["predictions"])
+    assert remaining_batchnorms(model) == 8

