@@ -61,18 +61,22 @@ def main() -> None:
     model = get_model(args)
     x, y, source = get_data(args, model)
     common = {"sparsities": args.sparsities, "batch_size": args.batch_size, "progress": False}
-    print(f"VGG width {getattr(model, 'width', '?')}, {len(x)} {source} images, "
-          f"{len(args.sparsities)} sparsities, {args.threads} threads, fp32, CPU")
+    print(
+        f"VGG width {getattr(model, 'width', '?')}, {len(x)} {source} images, "
+        f"{len(args.sparsities)} sparsities, {args.threads} threads, fp32, CPU"
+    )
     slow = sensitivity_scan(model, x, y, reuse=False, channels_last=False, **common)
     fast = sensitivity_scan(model, x, y, reuse=True, channels_last=True, **common)
-    diff = max([abs(fast["dense_accuracy"] - slow["dense_accuracy"])] + [
-        abs(a - b)
-        for name, r in fast["layers"].items()
-        for a, b in zip(r["accuracy"], slow["layers"][name]["accuracy"], strict=True)
-    ])
+    diff = max(
+        [abs(fast["dense_accuracy"] - slow["dense_accuracy"])]
+        + [
+            abs(a - b)
+            for name, r in fast["layers"].items()
+            for a, b in zip(r["accuracy"], slow["layers"][name]["accuracy"], strict=True)
+        ]
+    )
     print(f"straightforward (reuse=False, NCHW):      {slow['seconds']:7.1f} s")
-    print(f"prunelab (reuse=True, channels_last):     {fast['seconds']:7.1f} s "
-          f"[{fast['method']}]")
+    print(f"prunelab (reuse=True, channels_last):     {fast['seconds']:7.1f} s [{fast['method']}]")
     print(f"speed-up:                                 {slow['seconds'] / fast['seconds']:7.2f}x")
     print(f"largest accuracy difference:              {diff:.6g}")
     print(f"dense accuracy {fast['dense_accuracy']:.4f}")

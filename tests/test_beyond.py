@@ -69,8 +69,11 @@ def test_outputs_written_and_agree(compared):
     report = (out / "report.md").read_text()
     assert "figures/accuracy_vs_sparsity.png" in report and "theoretical" in report
     for row in on_disk["rows"]:
-        line = next(ln for ln in report.splitlines()
-                    if ln.startswith(f"| {row['label']} | {row['target']:.2f} |"))
+        line = next(
+            ln
+            for ln in report.splitlines()
+            if ln.startswith(f"| {row['label']} | {row['target']:.2f} |")
+        )
         assert f"{100 * row['accuracy_after']:.2f}" in line
         assert f"{row['export_bytes'] / 1024:.1f}" in line
         assert (row["accuracy_before"] is None) == (row["method"] == "gradual")
@@ -93,8 +96,9 @@ def test_achieved_sparsities_match_plans(compared):
 def test_rerun_skips_finished_steps(compared, jpeg_root, cifar_cache):
     rec, out, results = compared
     files = [p for p in out.rglob("*") if p.suffix in (".pth", ".plz", ".json")]
-    before = {p: p.stat().st_mtime_ns for p in files
-              if p.name not in ("results.json", "recipe.json")}
+    before = {
+        p: p.stat().st_mtime_ns for p in files if p.name not in ("results.json", "recipe.json")
+    }
     again = run_recipe(rec, jpeg_root, out, cache=cifar_cache, progress=False)
     assert again["timings_seconds"] == {}  # no step ran
     assert {p: p.stat().st_mtime_ns for p in before} == before
@@ -107,15 +111,18 @@ def write(tmp_path: Path, extra: str, data: str = "[data]\nval_size = 100\n") ->
     return p
 
 
-@pytest.mark.parametrize("extra, expected", [
-    ("[compare]\nbogus = 1\n", "compare.bogus"),
-    ("[compare]\nmethods = ['uniform', 'magic']\n", "compare.methods"),
-    ("[compare]\nsparsities = [0.5, 1.0]\n", "compare.sparsities"),
-    ("[compare.finetune]\nkeep_best = true\n", "keep_best"),
-    ("[compare.finetune]\nlearning_rate = 0.1\n", "learning_rate"),
-    ("[compare.gradual]\nprune_every = 0\n", "prune_every"),
-    ("[compare.plan]\ndefault_cap = 1.0\n", "default_cap"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ("[compare]\nbogus = 1\n", "compare.bogus"),
+        ("[compare]\nmethods = ['uniform', 'magic']\n", "compare.methods"),
+        ("[compare]\nsparsities = [0.5, 1.0]\n", "compare.sparsities"),
+        ("[compare.finetune]\nkeep_best = true\n", "keep_best"),
+        ("[compare.finetune]\nlearning_rate = 0.1\n", "learning_rate"),
+        ("[compare.gradual]\nprune_every = 0\n", "prune_every"),
+        ("[compare.plan]\ndefault_cap = 1.0\n", "default_cap"),
+    ],
+)
 def test_bad_compare_tables_are_refused(tmp_path, extra, expected):
     with pytest.raises(RecipeError, match=expected.replace(".", r"\.")):
         load_recipe(write(tmp_path, extra))
@@ -132,5 +139,7 @@ def test_shipped_recipe_parses():
     assert rec["compare"]["sparsities"] == [0.6, 0.8, 0.9]
     assert rec["compare"]["methods"] == ["uniform", "sensitivity", "gradual"]
     assert rec["dense"]["train"].epochs == 10 and rec["dense"]["width"] == 0.25
-    assert tomllib.loads(path.read_text())["dense"] == tomllib.loads(
-        (path.parent / "quick.toml").read_text())["dense"]
+    assert (
+        tomllib.loads(path.read_text())["dense"]
+        == tomllib.loads((path.parent / "quick.toml").read_text())["dense"]
+    )

@@ -135,8 +135,16 @@ def test_damaged_files_are_refused_by_name(pruned, tmp_path):
 
 def test_cli_export_prints_size_table(pruned, capsys, tmp_path):
     _, _, d = pruned
-    code = main(["export", str(d / "pruned.pth"), "--out", str(tmp_path / "x.plz"),
-                 "--dense", str(d / "dense.pth")])
+    code = main(
+        [
+            "export",
+            str(d / "pruned.pth"),
+            "--out",
+            str(tmp_path / "x.plz"),
+            "--dense",
+            str(d / "dense.pth"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "| dense checkpoint file |" in out and "x.plz" in out and "theoretical" in out

@@ -23,8 +23,13 @@ def reference(step: int, s_i: float, s_f: float, t0: int, T: int, every: int) ->
     return s_f + (s_i - s_f) * (1 - (t - t0) / T) ** 3
 
 
-@given(s_i=st.floats(0, 0.5), s_f=st.floats(0.5, 0.99), t0=st.integers(0, 20),
-       T=st.integers(1, 200), every=st.integers(1, 30))
+@given(
+    s_i=st.floats(0, 0.5),
+    s_f=st.floats(0.5, 0.99),
+    t0=st.integers(0, 20),
+    T=st.integers(1, 200),
+    every=st.integers(1, 30),
+)
 def test_schedule_matches_formula_at_every_step(s_i, s_f, t0, T, every):
     prev = 0.0
     for step in range(0, t0 + T + 10):
@@ -62,11 +67,17 @@ def run():
         gp.hook(step, total)
         zeros = {p: numel[p] - int(torch.count_nonzero(params[p])) for p in numel}
         state = gp._optimizer.state
-        clean = all(not state[params[p]]["momentum_buffer"][~m].any()
-                    for p, m in gp.masks.items())
-        records.append({"step": step, "total": total, "zeros": zeros, "current": gp.current,
-                        "masks": {p: m.clone() for p, m in gp.masks.items()},
-                        "momentum_clean": clean})
+        clean = all(not state[params[p]]["momentum_buffer"][~m].any() for p, m in gp.masks.items())
+        records.append(
+            {
+                "step": step,
+                "total": total,
+                "zeros": zeros,
+                "current": gp.current,
+                "masks": {p: m.clone() for p, m in gp.masks.items()},
+                "momentum_clean": clean,
+            }
+        )
 
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, momentum=0.9, seed=0)
     fit(model, x, y, cfg, pruner=gp, step_hook=hook, progress=False)
@@ -132,13 +143,42 @@ def test_cli_finetune_gradual(tmp_path, jpeg_root, cifar, cifar_cache, capsys):
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "dense.pth", VGG(0.125))
-    common = ["--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache), "--train-subset",
-              "256", "--val-size", "64", "--test-subset", "64", "--batch-size", "32",
-              "--epochs", "1", "--no-progress", "--prune-schedule", "gradual"]
+    common = [
+        "--data-dir",
+        str(jpeg_root),
+        "--cache-dir",
+        str(cifar_cache),
+        "--train-subset",
+        "256",
+        "--val-size",
+        "64",
+        "--test-subset",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--prune-schedule",
+        "gradual",
+    ]
     out = tmp_path / "g.pth"
-    code = main(["finetune", "--checkpoint", str(tmp_path / "dense.pth"), "--sparsity", "0.7",
-                 "--prune-every", "2", "--prune-steps-fraction", "0.5", "--out", str(out),
-                 *common])
+    code = main(
+        [
+            "finetune",
+            "--checkpoint",
+            str(tmp_path / "dense.pth"),
+            "--sparsity",
+            "0.7",
+            "--prune-every",
+            "2",
+            "--prune-steps-fraction",
+            "0.5",
+            "--out",
+            str(out),
+            *common,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     model, ck = load_model(out)
     assert ck["meta"]["sparsity"] == pytest.approx(0.7, abs=1e-4)
@@ -146,14 +186,35 @@ def test_cli_finetune_gradual(tmp_path, jpeg_root, cifar, cifar_cache, capsys):
     for name, m in ck["masks"].items():
         w = dict(model.named_parameters())[name]
         assert not w.detach()[~m].any()
-    for args, expected in [([], "needs the final sparsity"),
-                           (["--sparsity", "0.5", "--prune-every", "0"], "prune_every")]:
-        code = main(["finetune", "--checkpoint", str(tmp_path / "dense.pth"),
-                     "--out", str(tmp_path / "x.pth"), *common, *args])
+    for args, expected in [
+        ([], "needs the final sparsity"),
+        (["--sparsity", "0.5", "--prune-every", "0"], "prune_every"),
+    ]:
+        code = main(
+            [
+                "finetune",
+                "--checkpoint",
+                str(tmp_path / "dense.pth"),
+                "--out",
+                str(tmp_path / "x.pth"),
+                *common,
+                *args,
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and expected in err and len(err.splitlines()) == 1
-    code = main(["finetune", "--checkpoint", str(out), "--sparsity", "0.8",
-                 "--out", str(tmp_path / "x.pth"), *common])
+    code = main(
+        [
+            "finetune",
+            "--checkpoint",
+            str(out),
+            "--sparsity",
+            "0.8",
+            "--out",
+            str(tmp_path / "x.pth"),
+            *common,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "already holds masks" in err
     assert not (tmp_path / "x.pth").exists()

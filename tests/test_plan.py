@@ -23,8 +23,9 @@ def fake_scan(model: VGG, dense: float = 0.85) -> dict:
     """Curves shaped like a real scan: flat, then falling faster; a little noise."""
     layers = {}
     for i, (name, m) in enumerate(prunable_layers(model, "conv").items()):
-        acc = [dense - LOSS[i] * (s / 0.9) ** 3 + (0.002 if j == 1 else 0.0)
-               for j, s in enumerate(SPS)]
+        acc = [
+            dense - LOSS[i] * (s / 0.9) ** 3 + (0.002 if j == 1 else 0.0) for j, s in enumerate(SPS)
+        ]
         layers[name] = {"params": m.weight.numel(), "accuracy": acc, "achieved": SPS}
     return {"dense_accuracy": dense, "sparsities": SPS, "layers": layers}
 
@@ -140,15 +141,38 @@ def run_cli(args, capsys):
 
 def test_cli_plan_then_prune(files, capsys):
     d = files
-    code, out = run_cli(["plan", "--scan", d / "scan.json", "--checkpoint", d / "dense.pth",
-                         "--target", "0.7", "--cap", "backbone.conv4=0.5",
-                         "--out", d / "plan.json"], capsys)
+    code, out = run_cli(
+        [
+            "plan",
+            "--scan",
+            d / "scan.json",
+            "--checkpoint",
+            d / "dense.pth",
+            "--target",
+            "0.7",
+            "--cap",
+            "backbone.conv4=0.5",
+            "--out",
+            d / "plan.json",
+        ],
+        capsys,
+    )
     assert code == 0, out.err
     assert "| backbone.conv4 |" in out.out and "sensitivity-greedy" in out.out
     plan = json.loads((d / "plan.json").read_text())
     assert plan["plan"]["backbone.conv4.weight"] <= 0.5
-    code, out = run_cli(["prune", "--checkpoint", d / "dense.pth", "--plan", d / "plan.json",
-                         "--out", d / "pruned.pth"], capsys)
+    code, out = run_cli(
+        [
+            "prune",
+            "--checkpoint",
+            d / "dense.pth",
+            "--plan",
+            d / "plan.json",
+            "--out",
+            d / "pruned.pth",
+        ],
+        capsys,
+    )
     assert code == 0, out.err
     pruned, _ = load_model(d / "pruned.pth")
     params = dict(pruned.named_parameters())
@@ -157,18 +181,32 @@ def test_cli_plan_then_prune(files, capsys):
     assert zeros / total == pytest.approx(plan["achieved_overall"], abs=1e-9)
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--target", "0.99"], "unreachable"),
-    (["--target", "0.5", "--cap", "backbone.conv99=0.5"], "backbone.conv99"),
-    (["--target", "0.5", "--cap", "conv0"], "LAYER=CAP"),
-    (["--target", "1.5"], "outside [0, 1]"),
-    (["--target", "0.5", "--global", "--cap", "backbone.conv1=0.5"], "--global"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--target", "0.99"], "unreachable"),
+        (["--target", "0.5", "--cap", "backbone.conv99=0.5"], "backbone.conv99"),
+        (["--target", "0.5", "--cap", "conv0"], "LAYER=CAP"),
+        (["--target", "1.5"], "outside [0, 1]"),
+        (["--target", "0.5", "--global", "--cap", "backbone.conv1=0.5"], "--global"),
+    ],
+)
 def test_cli_plan_errors_are_one_line(files, capsys, extra, expected):
     d = files
     out_path = d / "bad" / "plan.json"
-    code, out = run_cli(["plan", "--scan", d / "scan.json", "--checkpoint", d / "dense.pth",
-                         "--out", out_path, *extra], capsys)
+    code, out = run_cli(
+        [
+            "plan",
+            "--scan",
+            d / "scan.json",
+            "--checkpoint",
+            d / "dense.pth",
+            "--out",
+            out_path,
+            *extra,
+        ],
+        capsys,
+    )
     err = out.err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err

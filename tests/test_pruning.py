@@ -22,19 +22,27 @@ from prunelab.pruning import (
     sparsity_report,
 )
 
-LAB = torch.tensor([
-    [-0.46, -0.40, 0.39, 0.19, 0.37],
-    [0.00, 0.40, 0.17, -0.15, 0.16],
-    [-0.20, -0.23, 0.36, 0.25, 0.03],
-    [0.24, 0.41, 0.07, 0.13, -0.15],
-    [0.48, -0.09, -0.36, 0.12, 0.45],
-])
+LAB = torch.tensor(
+    [
+        [-0.46, -0.40, 0.39, 0.19, 0.37],
+        [0.00, 0.40, 0.17, -0.15, 0.16],
+        [-0.20, -0.23, 0.36, 0.25, 0.03],
+        [0.24, 0.41, 0.07, 0.13, -0.15],
+        [0.48, -0.09, -0.36, 0.12, 0.45],
+    ]
+)
 
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3),
-                         nn.Flatten(), nn.Linear(5 * 2 * 2, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.Flatten(),
+        nn.Linear(5 * 2 * 2, 3),
+    )
 
 
 def test_lab_check():
@@ -70,7 +78,9 @@ def test_bad_sparsity_raises_naming_value(bad):
 
 distinct = st.lists(
     st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False, width=32),
-    min_size=1, max_size=300, unique_by=abs,
+    min_size=1,
+    max_size=300,
+    unique_by=abs,
 )
 
 
@@ -160,11 +170,14 @@ def test_full_pruning_warns():
         resolve_plan(small_net(), {"3": 1.0})
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4),
-    lambda ps: torch.optim.Adam(ps, lr=0.01),
-    lambda ps: torch.optim.AdamW(ps, lr=0.01),
-])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        lambda ps: torch.optim.Adam(ps, lr=0.01),
+        lambda ps: torch.optim.AdamW(ps, lr=0.01),
+    ],
+)
 def test_masks_never_resurrect(make_opt):
     net = small_net()
     pruner = Pruner(net, 0.7, scope="all")
@@ -232,8 +245,9 @@ def test_sparsity_report_hand_checked():
 def test_unpruned_vgg_small_sparsity_comes_from_bn_biases():
     r = sparsity_report(VGG(width=0.125))
     assert r["prunable_sparsity"] == 0.0
-    n_bias = sum(m.bias.numel() for m in VGG(width=0.125).modules()
-                 if isinstance(m, nn.BatchNorm2d))  # initialised to exactly 0
+    n_bias = sum(
+        m.bias.numel() for m in VGG(width=0.125).modules() if isinstance(m, nn.BatchNorm2d)
+    )  # initialised to exactly 0
     assert r["model_sparsity_all_params"] == n_bias / r["model_params"]
     assert f"{n_bias} in 1-D parameters" in r["notes"]
 

@@ -76,8 +76,15 @@ def test_fast_path_equals_straightforward(setup, channels_last):
 
 def test_scan_point_matches_manual_pruning(setup):
     model, x, y = setup
-    result = scan(model, x, y, layers=["backbone.conv5.weight"], channels_last=False,
-                  batch_size=len(x), fold_bn=False)
+    result = scan(
+        model,
+        x,
+        y,
+        layers=["backbone.conv5.weight"],
+        channels_last=False,
+        batch_size=len(x),
+        fold_bn=False,
+    )
     w = model.backbone.conv5.weight
     original = w.detach().clone()
     with torch.no_grad():
@@ -95,8 +102,9 @@ def test_folded_scan_probes_are_folded_pruned_models(setup):
     model, x, y = setup
     before = bits(model)
     folded = scan(model, x, y, layers=["backbone.conv3", "backbone.conv6"], batch_size=len(x))
-    plain = scan(model, x, y, layers=["backbone.conv3", "backbone.conv6"], batch_size=len(x),
-                 fold_bn=False)
+    plain = scan(
+        model, x, y, layers=["backbone.conv3", "backbone.conv6"], batch_size=len(x), fold_bn=False
+    )
     assert folded["settings"]["fold_bn"] and not plain["settings"]["fold_bn"]
     assert bits(model) == before
     for name in ("backbone.conv3", "backbone.conv6"):
@@ -108,8 +116,12 @@ def test_folded_scan_probes_are_folded_pruned_models(setup):
                 w.mul_(fine_grained_mask(conv.weight, s))
             preds = predict(fold_batchnorm(pruned), x, batch_size=len(x))
             assert acc == int((preds == y).sum()) / len(y), (name, s)
-        diffs = [abs(a - b) for a, b in zip(folded["layers"][name]["accuracy"],
-                                             plain["layers"][name]["accuracy"], strict=True)]
+        diffs = [
+            abs(a - b)
+            for a, b in zip(
+                folded["layers"][name]["accuracy"], plain["layers"][name]["accuracy"], strict=True
+            )
+        ]
         assert max(diffs) <= 2 / len(y)  # fp32 rounding may flip a near-tie, no more
 
 
@@ -123,8 +135,9 @@ def test_uint8_images_are_scaled(setup):
 
 def test_generic_model_falls_back_to_full_forward():
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
-                        nn.Linear(8 * 4 * 4, 4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 4)
+    )
     x, y = torch.rand(50, 3, 8, 8), torch.randint(0, 4, (50,))
     before = bits(net)
     r = scan(net, x, y, scope="all")
@@ -158,7 +171,8 @@ def test_plots_and_files(setup, tmp_path):
     assert rows[0]["layer"] == "backbone.conv0" and float(rows[0]["sparsity"]) == 0.4
     assert float(rows[-1]["accuracy"]) == result["layers"]["backbone.conv1"]["accuracy"][-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["scan.png", "params.png", "hist.png", "scan.json", "scan.csv"])  # no temp files left
+        ["scan.png", "params.png", "hist.png", "scan.json", "scan.csv"]
+    )  # no temp files left
 
 
 def test_fast_path_runs_the_prefix_once_per_batch(setup):

@@ -531,21 +531,35 @@ def bench_scan(
     # (label, precision, bf16, fold_bn); the unfolded row is the bit-exact one
     runs = [
         ("prunelab sensitivity_scan (prefix reuse), fp32, channels_last", "fp32", False, False),
-        ("prunelab sensitivity_scan (prefix reuse, BN folded), fp32, channels_last", "fp32",
-         False, True),
+        (
+            "prunelab sensitivity_scan (prefix reuse, BN folded), fp32, channels_last",
+            "fp32",
+            False,
+            True,
+        ),
     ]
     if bf16_row:
         runs.append(
-            ("prunelab sensitivity_scan (prefix reuse, BN folded), bf16, channels_last", "bf16",
-             True, True)
+            (
+                "prunelab sensitivity_scan (prefix reuse, BN folded), bf16, channels_last",
+                "bf16",
+                True,
+                True,
+            )
         )
 
     def fast(bf16: bool, fold_bn: bool) -> dict[str, Any]:
         with warnings.catch_warnings():  # ties in random weights: not news here
             warnings.simplefilter("ignore", UserWarning)
             return sensitivity_scan(
-                copy.deepcopy(model), x, y, sparsities=sps, layers=layers, bf16=bf16,
-                fold_bn=fold_bn, progress=False
+                copy.deepcopy(model),
+                x,
+                y,
+                sparsities=sps,
+                layers=layers,
+                bf16=bf16,
+                fold_bn=fold_bn,
+                progress=False,
             )
 
     jobs = [lambda: baseline_scan(base_model, x, y, layers, sps)]

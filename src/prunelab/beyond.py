@@ -38,14 +38,28 @@ METHODS = {
     "gradual": "sensitivity-guided gradual",
 }
 DEFAULT_METHODS = ["uniform", "sensitivity", "gradual"]
-PLAN_OF = {"uniform": "uniform", "global": "global", "sensitivity": "sensitivity",
-           "gradual": "sensitivity"}
+PLAN_OF = {
+    "uniform": "uniform",
+    "global": "global",
+    "sensitivity": "sensitivity",
+    "gradual": "sensitivity",
+}
 # the study's SGD fine-tuning (recipes/quick.toml), fewer epochs
-FINETUNE_DEFAULTS = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False,
-                     "weight_decay": 5e-4, "schedule": "cosine", "label_smoothing": 0.0,
-                     "epochs": 3}
-SCAN_DEFAULTS = {"sparsities": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], "bf16": False,
-                 "batch_size": 1000}
+FINETUNE_DEFAULTS = {
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "label_smoothing": 0.0,
+    "epochs": 3,
+}
+SCAN_DEFAULTS = {
+    "sparsities": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+    "bf16": False,
+    "batch_size": 1000,
+}
 PLAN_DEFAULTS = {"default_cap": 0.95, "first_last_cap": 0.8, "max_drop": None}
 GRADUAL_DEFAULTS = {"initial_sparsity": 0.0, "prune_every": 10, "prune_steps_fraction": 0.5}
 PUBLISHED_LABEL = "published study (full VGG, official data)"
@@ -55,8 +69,13 @@ def _table(raw: dict[str, Any], key: str, defaults: dict[str, Any], file: str) -
     t = raw.get(key, {})
     _expect(isinstance(t, dict), file, f"compare.{key}", "a table", t)
     extra = sorted(set(t) - set(defaults))
-    _expect(not extra, file, f"compare.{key}.{extra[0] if extra else ''}",
-            f"one of {', '.join(defaults)}", extra)
+    _expect(
+        not extra,
+        file,
+        f"compare.{key}.{extra[0] if extra else ''}",
+        f"one of {', '.join(defaults)}",
+        extra,
+    )
     return {**defaults, **t}
 
 
@@ -65,50 +84,111 @@ def parse_compare(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[s
     _expect(isinstance(raw, dict), file, "compare", "a table [compare]", raw)
     keys = {"sparsities", "methods", "scope", "scan", "plan", "finetune", "gradual"}
     extra = sorted(set(raw) - keys)
-    _expect(not extra, file, f"compare.{extra[0] if extra else ''}",
-            f"one of {', '.join(sorted(keys))}", extra)
+    _expect(
+        not extra,
+        file,
+        f"compare.{extra[0] if extra else ''}",
+        f"one of {', '.join(sorted(keys))}",
+        extra,
+    )
     sps = _sparsities(raw.get("sparsities", [0.6, 0.8, 0.9]), file, "compare.sparsities")
-    _expect(all(0 < s < 1 for s in sps) and len(set(sps)) == len(sps), file,
-            "compare.sparsities", "distinct sparsities strictly between 0 and 1", sps)
+    _expect(
+        all(0 < s < 1 for s in sps) and len(set(sps)) == len(sps),
+        file,
+        "compare.sparsities",
+        "distinct sparsities strictly between 0 and 1",
+        sps,
+    )
     methods = raw.get("methods", DEFAULT_METHODS)
-    _expect(isinstance(methods, list) and methods and all(m in METHODS for m in methods)
-            and len(set(methods)) == len(methods), file, "compare.methods",
-            f"a list of distinct methods from {', '.join(METHODS)}", methods)
+    _expect(
+        isinstance(methods, list)
+        and methods
+        and all(m in METHODS for m in methods)
+        and len(set(methods)) == len(methods),
+        file,
+        "compare.methods",
+        f"a list of distinct methods from {', '.join(METHODS)}",
+        methods,
+    )
     scope = raw.get("scope", "conv")
     _expect(scope in ("conv", "all"), file, "compare.scope", "'conv' or 'all'", scope)
     scan = _table(raw, "scan", SCAN_DEFAULTS, file)
     scan["sparsities"] = _sparsities(scan["sparsities"], file, "compare.scan.sparsities")
-    _expect(isinstance(scan["bf16"], bool), file, "compare.scan.bf16", "true or false",
-            scan["bf16"])
-    _expect(isinstance(scan["batch_size"], int) and scan["batch_size"] > 0, file,
-            "compare.scan.batch_size", "an integer > 0", scan["batch_size"])
+    _expect(
+        isinstance(scan["bf16"], bool), file, "compare.scan.bf16", "true or false", scan["bf16"]
+    )
+    _expect(
+        isinstance(scan["batch_size"], int) and scan["batch_size"] > 0,
+        file,
+        "compare.scan.batch_size",
+        "an integer > 0",
+        scan["batch_size"],
+    )
     plan = _table(raw, "plan", PLAN_DEFAULTS, file)
     for k in ("default_cap", "first_last_cap"):
-        _expect(_is_num(plan[k]) and 0 <= plan[k] < 1, file, f"compare.plan.{k}",
-                "a number in [0, 1)", plan[k])
-    _expect(plan["max_drop"] is None or (_is_num(plan["max_drop"]) and plan["max_drop"] >= 0),
-            file, "compare.plan.max_drop", "a number >= 0", plan["max_drop"])
+        _expect(
+            _is_num(plan[k]) and 0 <= plan[k] < 1,
+            file,
+            f"compare.plan.{k}",
+            "a number in [0, 1)",
+            plan[k],
+        )
+    _expect(
+        plan["max_drop"] is None or (_is_num(plan["max_drop"]) and plan["max_drop"] >= 0),
+        file,
+        "compare.plan.max_drop",
+        "a number >= 0",
+        plan["max_drop"],
+    )
     gradual = _table(raw, "gradual", GRADUAL_DEFAULTS, file)
-    _expect(_is_num(gradual["initial_sparsity"]) and 0 <= gradual["initial_sparsity"] < min(sps),
-            file, "compare.gradual.initial_sparsity",
-            f"a number in [0, {min(sps)}) (below every target)", gradual["initial_sparsity"])
-    _expect(isinstance(gradual["prune_every"], int) and gradual["prune_every"] >= 1, file,
-            "compare.gradual.prune_every", "an integer >= 1 (optimizer steps)",
-            gradual["prune_every"])
+    _expect(
+        _is_num(gradual["initial_sparsity"]) and 0 <= gradual["initial_sparsity"] < min(sps),
+        file,
+        "compare.gradual.initial_sparsity",
+        f"a number in [0, {min(sps)}) (below every target)",
+        gradual["initial_sparsity"],
+    )
+    _expect(
+        isinstance(gradual["prune_every"], int) and gradual["prune_every"] >= 1,
+        file,
+        "compare.gradual.prune_every",
+        "an integer >= 1 (optimizer steps)",
+        gradual["prune_every"],
+    )
     frac = gradual["prune_steps_fraction"]
-    _expect(_is_num(frac) and 0 < frac <= 1, file, "compare.gradual.prune_steps_fraction",
-            "a number in (0, 1]", frac)
+    _expect(
+        _is_num(frac) and 0 < frac <= 1,
+        file,
+        "compare.gradual.prune_steps_fraction",
+        "a number in (0, 1]",
+        frac,
+    )
     ft = raw.get("finetune", {})
     _expect(isinstance(ft, dict), file, "compare.finetune", "a table", ft)
-    _expect(not ft.get("keep_best", False), file, "compare.finetune.keep_best",
-            "false (gradual masks change during training; every method keeps its last epoch)",
-            ft.get("keep_best"))
+    _expect(
+        not ft.get("keep_best", False),
+        file,
+        "compare.finetune.keep_best",
+        "false (gradual masks change during training; every method keeps its last epoch)",
+        ft.get("keep_best"),
+    )
     cfg = train_config({**FINETUNE_DEFAULTS, **ft}, file, "compare.finetune", seed)
-    _expect(rec["data"]["val_size"] > 0, file, "data.val_size",
-            "> 0 for [compare] (the sensitivity scan runs on the validation split)",
-            rec["data"]["val_size"])
-    return {"sparsities": sps, "methods": list(methods), "scope": scope, "scan": scan,
-            "plan": plan, "gradual": gradual, "finetune": cfg}
+    _expect(
+        rec["data"]["val_size"] > 0,
+        file,
+        "data.val_size",
+        "> 0 for [compare] (the sensitivity scan runs on the validation split)",
+        rec["data"]["val_size"],
+    )
+    return {
+        "sparsities": sps,
+        "methods": list(methods),
+        "scope": scope,
+        "scan": scan,
+        "plan": plan,
+        "gradual": gradual,
+        "finetune": cfg,
+    }
 
 
 def run_beyond(
@@ -132,92 +212,128 @@ class Beyond(Study):
         t0 = time.perf_counter()
         torch.manual_seed(rec["seed"])
         d = rec["data"]
-        splits = load_splits(self.data_dir, self.cache, val_size=d["val_size"], seed=rec["seed"],
-                             train_subset=d["train_subset"], test_subset=d["test_subset"])
+        splits = load_splits(
+            self.data_dir,
+            self.cache,
+            val_size=d["val_size"],
+            seed=rec["seed"],
+            train_subset=d["train_subset"],
+            test_subset=d["test_subset"],
+        )
         dense_path = out / "dense" / "model.pth"
         self.step("dense model", dense_path, lambda: self._dense(splits, dense_path))
         dense, dense_ckpt = load_model(dense_path)
         dense_row = self._evaluated("dense", dense, splits, 0.0)
         scan_path = out / "sensitivity" / "sensitivity.json"
-        self.step("sensitivity scan (validation split)", scan_path,
-                  lambda: self._scan(dense, splits))
+        self.step(
+            "sensitivity scan (validation split)", scan_path, lambda: self._scan(dense, splits)
+        )
         scan = json.loads(scan_path.read_text())
         rows, sizes, plans = [], [], {}
         for s in cmp["sparsities"]:
             for method in cmp["methods"]:
                 kind, name = PLAN_OF[method], f"{method}-{tag(s)}"
                 plan_path = out / "plans" / f"{kind}-{tag(s)}.json"
-                self.step(f"plan {kind} {s:.2f}", plan_path,
-                          lambda k=kind, s=s, p=plan_path: self._plan(k, s, dense, scan, p))
+                self.step(
+                    f"plan {kind} {s:.2f}",
+                    plan_path,
+                    lambda k=kind, s=s, p=plan_path: self._plan(k, s, dense, scan, p),
+                )
                 plan = json.loads(plan_path.read_text())
                 plans[f"{kind}-{tag(s)}"] = plan
                 before = None
                 f_path = out / "finetune" / f"{name}.pth"
                 if method == "gradual":
-                    self.step(f"gradual {name}", f_path,
-                              lambda p=plan, f=f_path, n=name: self._gradual(
-                                  dense_path, p, f, splits, n))
+                    self.step(
+                        f"gradual {name}",
+                        f_path,
+                        lambda p=plan, f=f_path, n=name: self._gradual(dense_path, p, f, splits, n),
+                    )
                 else:
                     p_path = out / "pruned" / f"{name}.pth"
-                    self.step(f"prune {name}", p_path,
-                              lambda p=plan, f=p_path: self._prune_plan(dense_path, p, f))
+                    self.step(
+                        f"prune {name}",
+                        p_path,
+                        lambda p=plan, f=p_path: self._prune_plan(dense_path, p, f),
+                    )
                     pmodel, _ = load_model(p_path)
                     before = self._evaluated(f"{name}-before", pmodel, splits, s)
                     run = {"name": method, "config": cmp["finetune"]}
-                    self.step(f"finetune {name}", f_path,
-                              lambda p=p_path, f=f_path, r=run, n=name: self._finetune(
-                                  p, f, r, splits, n))
+                    self.step(
+                        f"finetune {name}",
+                        f_path,
+                        lambda p=p_path, f=f_path, r=run, n=name: self._finetune(
+                            p, f, r, splits, n
+                        ),
+                    )
                 fmodel, fck = load_model(f_path)
                 after = self._evaluated(name, fmodel, splits, s)
                 e_path = out / "export" / f"{name}.plz"
                 t_path = out / "export" / f"{name}.sizes.json"
-                self.step(f"export {name}", t_path,
-                          lambda m=fmodel, e=e_path, f=f_path, t=t_path: self._export(
-                              m, e, dense_path, f, t))
+                self.step(
+                    f"export {name}",
+                    t_path,
+                    lambda m=fmodel, e=e_path, f=f_path, t=t_path: self._export(
+                        m, e, dense_path, f, t
+                    ),
+                )
                 table = json.loads(t_path.read_text())
                 measured = sparsity_report(fmodel, scope=cmp["scope"], input_size=None)
                 nbytes = {r["key"]: r["bytes"] for r in table["rows"]}
-                rows.append({
-                    "method": method,
-                    "label": METHODS[method],
-                    "target": s,
-                    "planned_sparsity": plan["achieved_overall"],
-                    "sparsity": measured["prunable_sparsity"],
-                    "layer_sparsity": {r["param"]: r["sparsity"] for r in measured["layers"]},
-                    "predicted_drop": plan.get("predicted_drop"),
-                    "accuracy_before": None if before is None else before["accuracy"],
-                    "accuracy_after": after["accuracy"],
-                    "f1_after": after["f1"],
-                    "history": fck["meta"].get("history"),
-                    "export_bytes": e_path.stat().st_size,
-                    "export_fp16_bytes": nbytes["export_other"],
-                    "plain_state_dict_bytes": nbytes["plain"],
-                    "gzip_bytes": nbytes["gzip"],
-                    "nonzero_bytes": nbytes["nonzero"],
-                    "dense_checkpoint_bytes": nbytes["dense"],
-                })
+                rows.append(
+                    {
+                        "method": method,
+                        "label": METHODS[method],
+                        "target": s,
+                        "planned_sparsity": plan["achieved_overall"],
+                        "sparsity": measured["prunable_sparsity"],
+                        "layer_sparsity": {r["param"]: r["sparsity"] for r in measured["layers"]},
+                        "predicted_drop": plan.get("predicted_drop"),
+                        "accuracy_before": None if before is None else before["accuracy"],
+                        "accuracy_after": after["accuracy"],
+                        "f1_after": after["f1"],
+                        "history": fck["meta"].get("history"),
+                        "export_bytes": e_path.stat().st_size,
+                        "export_fp16_bytes": nbytes["export_other"],
+                        "plain_state_dict_bytes": nbytes["plain"],
+                        "gzip_bytes": nbytes["gzip"],
+                        "nonzero_bytes": nbytes["nonzero"],
+                        "dense_checkpoint_bytes": nbytes["dense"],
+                    }
+                )
                 sizes.append({"name": name, **table})
         results = {
             "recipe": {"name": rec["name"], "file": rec["file"], "description": rec["description"]},
             "kind": "compare",
-            "dense": {"source": dense_ckpt["meta"].get("source", "trained by prunelab"),
-                      "width": dense.width, "accuracy": dense_row["accuracy"],
-                      "checkpoint_bytes": dense_path.stat().st_size,
-                      "meta": _light(dense_ckpt["meta"])},
-            "data": {"source": splits.source, "fingerprint": splits.fingerprint,
-                     "train_images": len(splits.train_y), "val_images": len(splits.val_y),
-                     "test_images": len(splits.test_y)},
+            "dense": {
+                "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
+                "width": dense.width,
+                "accuracy": dense_row["accuracy"],
+                "checkpoint_bytes": dense_path.stat().st_size,
+                "meta": _light(dense_ckpt["meta"]),
+            },
+            "data": {
+                "source": splits.source,
+                "fingerprint": splits.fingerprint,
+                "train_images": len(splits.train_y),
+                "val_images": len(splits.val_y),
+                "test_images": len(splits.test_y),
+            },
             "environment": environment(),
             "compare": json.loads(json.dumps(cmp, default=asdict)),
-            "scan": {k: scan[k] for k in ("dense_accuracy", "sparsities", "split", "images",
-                                          "seconds") if k in scan},
+            "scan": {
+                k: scan[k]
+                for k in ("dense_accuracy", "sparsities", "split", "images", "seconds")
+                if k in scan
+            },
             "plans": plans,
             "rows": rows,
             "sizes": sizes,
-            "published": {"before": {str(k): v for k, v in PUBLISHED["pruned"].items()},
-                          "sgd_after": {str(k): v for k, v in PUBLISHED["finetune"]["sgd"]
-                                        .items()},
-                          "label": PUBLISHED_LABEL},
+            "published": {
+                "before": {str(k): v for k, v in PUBLISHED["pruned"].items()},
+                "sgd_after": {str(k): v for k, v in PUBLISHED["finetune"]["sgd"].items()},
+                "label": PUBLISHED_LABEL,
+            },
             "timings_seconds": self.timings,
             "seconds_total": time.perf_counter() - t0,
         }
@@ -232,13 +348,24 @@ class Beyond(Study):
         """Per-layer scan on the validation split: plans must not be tuned on the test set."""
         sc, cmp = self.rec["compare"]["scan"], self.rec["compare"]
         x, y = splits.split("val")
-        res = sensitivity_scan(model, x, y, sparsities=sc["sparsities"], scope=cmp["scope"],
-                               batch_size=sc["batch_size"], device=self.device, bf16=sc["bf16"],
-                               progress=self.progress)
+        res = sensitivity_scan(
+            model,
+            x,
+            y,
+            sparsities=sc["sparsities"],
+            scope=cmp["scope"],
+            batch_size=sc["batch_size"],
+            device=self.device,
+            bf16=sc["bf16"],
+            progress=self.progress,
+        )
         res["split"], res["images"] = "val", len(y)
         plot_sensitivity(res, self.out / "figures" / "sensitivity.png")
-        write_scan(res, self.out / "sensitivity" / "sensitivity.json",
-                   self.out / "sensitivity" / "sensitivity.csv")
+        write_scan(
+            res,
+            self.out / "sensitivity" / "sensitivity.json",
+            self.out / "sensitivity" / "sensitivity.csv",
+        )
 
     def _plan(self, kind: str, s: float, model: VGG, scan: dict[str, Any], path: Path) -> None:
         scope, p = self.rec["compare"]["scope"], self.rec["compare"]["plan"]
@@ -247,8 +374,15 @@ class Beyond(Study):
         elif kind == "global":
             plan = global_plan(model, s, scope, scan=scan)
         else:
-            plan = sensitivity_plan(scan, model, s, scope, default_cap=p["default_cap"],
-                                    first_last_cap=p["first_last_cap"], max_drop=p["max_drop"])
+            plan = sensitivity_plan(
+                scan,
+                model,
+                s,
+                scope,
+                default_cap=p["default_cap"],
+                first_last_cap=p["first_last_cap"],
+                max_drop=p["max_drop"],
+            )
         write_json(path, plan)
 
     def _prune_plan(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
@@ -256,39 +390,71 @@ class Beyond(Study):
         pruner = Pruner(model, plan["plan"], scope=self.rec["compare"]["scope"])
         pruner.apply()
         meta = dict(_light(ck["meta"]))
-        meta.update({"produced_by": "prunelab compare: prune", "plan": plan["plan"],
-                     "method": plan["method"], "target_sparsity": plan["target"],
-                     "sparsity": sparsity_report(model, scope=self.rec["compare"]["scope"],
-                                                 input_size=None)["prunable_sparsity"]})
+        meta.update(
+            {
+                "produced_by": "prunelab compare: prune",
+                "plan": plan["plan"],
+                "method": plan["method"],
+                "target_sparsity": plan["target"],
+                "sparsity": sparsity_report(
+                    model, scope=self.rec["compare"]["scope"], input_size=None
+                )["prunable_sparsity"],
+            }
+        )
         save_checkpoint(path, model, meta, masks=pruner.masks)
 
-    def _export(self, model: VGG, path: Path, dense_path: Path, ckpt_path: Path,
-                table_path: Path) -> None:
+    def _export(
+        self, model: VGG, path: Path, dense_path: Path, ckpt_path: Path, table_path: Path
+    ) -> None:
         """Write the compact file, then its size table (the step's 'done' marker)."""
         export_compressed(model, path)
         write_json(table_path, size_table(dense_path, ckpt_path, path, model))
 
-    def _gradual(self, dense_path: Path, plan: dict[str, Any], path: Path, splits: Splits,
-                 name: str) -> None:
+    def _gradual(
+        self, dense_path: Path, plan: dict[str, Any], path: Path, splits: Splits, name: str
+    ) -> None:
         """Prune while fine-tuning, from the dense model, towards the sensitivity plan."""
         cmp = self.rec["compare"]
         g = cmp["gradual"]
         model, ck = load_model(dense_path)
-        gp = GradualPruner(model, plan["plan"], scope=cmp["scope"],
-                           initial_sparsity=g["initial_sparsity"], prune_every=g["prune_every"],
-                           prune_steps_fraction=g["prune_steps_fraction"])
+        gp = GradualPruner(
+            model,
+            plan["plan"],
+            scope=cmp["scope"],
+            initial_sparsity=g["initial_sparsity"],
+            prune_every=g["prune_every"],
+            prune_steps_fraction=g["prune_steps_fraction"],
+        )
         state = state_path_for(path)
-        res, sp = finetune(model, gp, splits, cmp["finetune"], state_path=state,
-                           resume=state.exists(), device=self.device, progress=self.progress,
-                           desc=f"gradual {name}", step_hook=gp.hook)
+        res, sp = finetune(
+            model,
+            gp,
+            splits,
+            cmp["finetune"],
+            state_path=state,
+            resume=state.exists(),
+            device=self.device,
+            progress=self.progress,
+            desc=f"gradual {name}",
+            step_hook=gp.hook,
+        )
         if not gp.frozen:
-            raise PrunelabError(f"gradual {name}: the schedule did not reach the plan "
-                                f"(at {gp.current}, plan {gp.final_overall})")
+            raise PrunelabError(
+                f"gradual {name}: the schedule did not reach the plan "
+                f"(at {gp.current}, plan {gp.final_overall})"
+            )
         _check_layers(model, plan["plan"], name)
         meta = dict(_light(ck["meta"]))
-        meta.update({"produced_by": "prunelab compare: gradual", "plan": plan["plan"],
-                     "history": res.history, "updates": gp.updates, **sp,
-                     "seconds": res.seconds})
+        meta.update(
+            {
+                "produced_by": "prunelab compare: gradual",
+                "plan": plan["plan"],
+                "history": res.history,
+                "updates": gp.updates,
+                **sp,
+                "seconds": res.seconds,
+            }
+        )
         save_checkpoint(path, model, meta, masks=gp.masks)
         state.unlink(missing_ok=True)
 
@@ -300,8 +466,9 @@ def _check_layers(model: torch.nn.Module, plan: dict[str, float], name: str) -> 
         w = params[p]
         zeros = w.numel() - int(torch.count_nonzero(w))
         if zeros < round(w.numel() * s):
-            raise PrunelabError(f"{name}: {p} has {zeros} zeros, the plan asks for "
-                                f"{round(w.numel() * s)}")
+            raise PrunelabError(
+                f"{name}: {p} has {zeros} zeros, the plan asks for {round(w.numel() * s)}"
+            )
 
 
 def _pct(v: float | None) -> str:
@@ -315,11 +482,14 @@ def _reading(r: dict[str, Any]) -> list[str]:
     for s in r["compare"]["sparsities"]:
         here = [x for x in r["rows"] if x["target"] == s]
         best = max(here, key=lambda x: x["accuracy_after"])
-        rest = ", ".join(f"{x['label']} {_pct(x['accuracy_after'])}%" for x in here
-                         if x is not best)
-        out.append(f"At {s:.0%} overall sparsity, {best['label']} is best after fine-tuning: "
-                   f"{_pct(best['accuracy_after'])}% ({100 * (best['accuracy_after'] - dense):+.2f}"
-                   f" points vs dense{'; ' + rest if rest else ''}).")
+        rest = ", ".join(
+            f"{x['label']} {_pct(x['accuracy_after'])}%" for x in here if x is not best
+        )
+        out.append(
+            f"At {s:.0%} overall sparsity, {best['label']} is best after fine-tuning: "
+            f"{_pct(best['accuracy_after'])}% ({100 * (best['accuracy_after'] - dense):+.2f}"
+            f" points vs dense{'; ' + rest if rest else ''})."
+        )
     return out
 
 
@@ -328,24 +498,52 @@ def plot_accuracy_vs_sparsity(r: dict[str, Any], path: Path) -> None:
     the published study's points as markers."""
     fig = Figure(figsize=(10, 4.8), layout="constrained")
     ax = fig.subplots()
-    colors = dict(zip(METHODS, ["tab:blue", "tab:purple", "tab:orange", "tab:green"],
-                      strict=True))
+    colors = dict(zip(METHODS, ["tab:blue", "tab:purple", "tab:orange", "tab:green"], strict=True))
     for method in r["compare"]["methods"]:
         rows = sorted((x for x in r["rows"] if x["method"] == method), key=lambda x: x["target"])
         xs = [x["sparsity"] for x in rows]
-        ax.plot(xs, [100 * x["accuracy_after"] for x in rows], marker="o", color=colors[method],
-                label=f"{METHODS[method]}, fine-tuned")
+        ax.plot(
+            xs,
+            [100 * x["accuracy_after"] for x in rows],
+            marker="o",
+            color=colors[method],
+            label=f"{METHODS[method]}, fine-tuned",
+        )
         if rows and rows[0]["accuracy_before"] is not None:
-            ax.plot(xs, [100 * x["accuracy_before"] for x in rows], marker="x", linestyle="--",
-                    color=colors[method], alpha=0.7, label=f"{METHODS[method]}, before FT")
-    ax.axhline(100 * r["dense"]["accuracy"], color="gray", linestyle=":",
-               label=f"dense (width {r['dense']['width']})")
+            ax.plot(
+                xs,
+                [100 * x["accuracy_before"] for x in rows],
+                marker="x",
+                linestyle="--",
+                color=colors[method],
+                alpha=0.7,
+                label=f"{METHODS[method]}, before FT",
+            )
+    ax.axhline(
+        100 * r["dense"]["accuracy"],
+        color="gray",
+        linestyle=":",
+        label=f"dense (width {r['dense']['width']})",
+    )
     pub = r["published"]
-    ax.scatter([float(k) for k in pub["before"]], [100 * v for v in pub["before"].values()],
-               marker="^", s=60, color="black", zorder=5, label=f"{PUBLISHED_LABEL}, before FT")
-    ax.scatter([float(k) for k in pub["sgd_after"]], [100 * v for v in pub["sgd_after"].values()],
-               marker="*", s=120, color="black", zorder=5,
-               label=f"{PUBLISHED_LABEL}, SGD fine-tuned")
+    ax.scatter(
+        [float(k) for k in pub["before"]],
+        [100 * v for v in pub["before"].values()],
+        marker="^",
+        s=60,
+        color="black",
+        zorder=5,
+        label=f"{PUBLISHED_LABEL}, before FT",
+    )
+    ax.scatter(
+        [float(k) for k in pub["sgd_after"]],
+        [100 * v for v in pub["sgd_after"].values()],
+        marker="*",
+        s=120,
+        color="black",
+        zorder=5,
+        label=f"{PUBLISHED_LABEL}, SGD fine-tuned",
+    )
     ax.set_xlabel("overall sparsity of the conv weights (measured)")
     ax.set_ylabel("test accuracy %")
     ax.set_title("accuracy vs sparsity")
@@ -399,7 +597,8 @@ def beyond_report(r: dict[str, Any]) -> str:
             f"| {x['label']} | {x['target']:.2f} | {x['sparsity']:.4f} | "
             f"{_pct(x['accuracy_before'])} | {_pct(x['accuracy_after'])} | "
             f"{100 * (x['accuracy_after'] - dense):+.2f} | {_kib(x['export_bytes'])} | "
-            f"{_kib(x['export_fp16_bytes'])} | {dense_b / x['export_bytes']:.2f} |")
+            f"{_kib(x['export_fp16_bytes'])} | {dense_b / x['export_bytes']:.2f} |"
+        )
     lines += [
         "",
         "![accuracy vs sparsity](figures/accuracy_vs_sparsity.png)",
@@ -410,18 +609,27 @@ def beyond_report(r: dict[str, Any]) -> str:
         "## Per-layer plans",
         "",
     ]
-    kinds = [k for k in ("uniform", "global", "sensitivity")
-             if any(p.startswith(f"{k}-") for p in r["plans"])]
+    kinds = [
+        k
+        for k in ("uniform", "global", "sensitivity")
+        if any(p.startswith(f"{k}-") for p in r["plans"])
+    ]
     cols = [(k, s) for s in cmp["sparsities"] for k in kinds if f"{k}-{tag(s)}" in r["plans"]]
     first = r["plans"][f"{cols[0][0]}-{tag(cols[0][1])}"]["plan"]
-    lines += ["| layer | " + " | ".join(f"{k} {s:.2f}" for k, s in cols) + " |",
-              "|---|" + "---:|" * len(cols)]
-    for p in first:
-        lines.append(f"| {p.removesuffix('.weight')} | " + " | ".join(
-            f"{r['plans'][f'{k}-{tag(s)}']['plan'][p]:.3f}" for k, s in cols) + " |")
     lines += [
-        "| predicted drop (points) | " + " | ".join(
-            _pct(r["plans"][f"{k}-{tag(s)}"].get("predicted_drop")) for k, s in cols) + " |",
+        "| layer | " + " | ".join(f"{k} {s:.2f}" for k, s in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for p in first:
+        lines.append(
+            f"| {p.removesuffix('.weight')} | "
+            + " | ".join(f"{r['plans'][f'{k}-{tag(s)}']['plan'][p]:.3f}" for k, s in cols)
+            + " |"
+        )
+    lines += [
+        "| predicted drop (points) | "
+        + " | ".join(_pct(r["plans"][f"{k}-{tag(s)}"].get("predicted_drop")) for k, s in cols)
+        + " |",
         "",
         "Predicted drop: the sum of each layer's drop in the scan, each pruned alone.",
         "",
@@ -434,9 +642,11 @@ def beyond_report(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for x in r["rows"]:
-        lines.append(f"| {x['method']}-{tag(x['target'])} | {_kib(x['plain_state_dict_bytes'])} "
-                     f"| {_kib(x['gzip_bytes'])} | {_kib(x['nonzero_bytes'])} | "
-                     f"{_kib(x['export_bytes'])} | {_kib(x['export_fp16_bytes'])} |")
+        lines.append(
+            f"| {x['method']}-{tag(x['target'])} | {_kib(x['plain_state_dict_bytes'])} "
+            f"| {_kib(x['gzip_bytes'])} | {_kib(x['nonzero_bytes'])} | "
+            f"{_kib(x['export_bytes'])} | {_kib(x['export_fp16_bytes'])} |"
+        )
     last = r["sizes"][-1]
     lines += [
         "",

@@ -483,11 +483,13 @@ def _gradual_pruner(args: argparse.Namespace, model: Any, ckpt: dict, target: An
     from .gradual import GradualPruner
 
     if ckpt.get("masks"):
-        raise PrunelabError(f"{args.checkpoint} already holds masks: gradual pruning starts "
-                            "from a dense checkpoint")
+        raise PrunelabError(
+            f"{args.checkpoint} already holds masks: gradual pruning starts from a dense checkpoint"
+        )
     if target is None:
-        raise PrunelabError("--prune-schedule gradual needs the final sparsity: "
-                            "--sparsity S or --plan plan.json")
+        raise PrunelabError(
+            "--prune-schedule gradual needs the final sparsity: --sparsity S or --plan plan.json"
+        )
     pruner = GradualPruner(
         model,
         target,
@@ -522,13 +524,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "a sensitivity plan needs --scan SENSITIVITY_JSON (or use --global)"
             )
         caps = dict(args.cap or [])
-        plan = sensitivity_plan(scan, model, args.target, scope=args.scope, caps=caps,
-                                default_cap=args.default_cap, first_last_cap=args.first_last_cap,
-                                max_drop=args.max_drop)
+        plan = sensitivity_plan(
+            scan,
+            model,
+            args.target,
+            scope=args.scope,
+            caps=caps,
+            default_cap=args.default_cap,
+            first_last_cap=args.first_last_cap,
+            max_drop=args.max_drop,
+        )
     print(format_plan_table(plan, model))
     write_json(args.out, plan)
-    print(f"wrote {args.out}; apply it with: prunelab prune --checkpoint {args.checkpoint} "
-          f"--plan {args.out} --scope {args.scope} --out PRUNED.pth")
+    print(
+        f"wrote {args.out}; apply it with: prunelab prune --checkpoint {args.checkpoint} "
+        f"--plan {args.out} --scope {args.scope} --out PRUNED.pth"
+    )
     return 0
 
 
@@ -661,38 +672,84 @@ def build_parser() -> argparse.ArgumentParser:
     _data_opts(s)
     _run_opts(s)
     _train_opts(s, epochs=5, lr=0.01, optimizer="sgd", schedule="cosine")
-    s.add_argument("--plan", type=existing_file, default=None,
-                   help="per-layer final sparsities (from `prunelab plan`) instead of --sparsity")
-    s.add_argument("--prune-schedule", choices=["oneshot", "gradual"], default="oneshot",
-                   help="oneshot: prune, then fine-tune (default); gradual: start dense and "
-                   "raise sparsity along a cubic schedule while training (Zhu & Gupta)")
-    s.add_argument("--initial-sparsity", type=sparsity, default=0.0,
-                   help="gradual: overall sparsity at the first step (default 0)")
-    s.add_argument("--prune-every", type=int, default=100,
-                   help="gradual: optimizer steps between mask updates (default 100)")
-    s.add_argument("--prune-steps-fraction", type=sparsity, default=0.5,
-                   help="gradual: fraction of all steps spent pruning; then the masks are "
-                   "frozen (default 0.5)")
+    s.add_argument(
+        "--plan",
+        type=existing_file,
+        default=None,
+        help="per-layer final sparsities (from `prunelab plan`) instead of --sparsity",
+    )
+    s.add_argument(
+        "--prune-schedule",
+        choices=["oneshot", "gradual"],
+        default="oneshot",
+        help="oneshot: prune, then fine-tune (default); gradual: start dense and "
+        "raise sparsity along a cubic schedule while training (Zhu & Gupta)",
+    )
+    s.add_argument(
+        "--initial-sparsity",
+        type=sparsity,
+        default=0.0,
+        help="gradual: overall sparsity at the first step (default 0)",
+    )
+    s.add_argument(
+        "--prune-every",
+        type=int,
+        default=100,
+        help="gradual: optimizer steps between mask updates (default 100)",
+    )
+    s.add_argument(
+        "--prune-steps-fraction",
+        type=sparsity,
+        default=0.5,
+        help="gradual: fraction of all steps spent pruning; then the masks are "
+        "frozen (default 0.5)",
+    )
     s.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
     s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser(
         "plan", help="per-layer sparsities reaching a target from a sensitivity scan"
     )
-    s.add_argument("--scan", type=existing_file, default=None,
-                   help="sensitivity.json from `prunelab sensitivity` (best on the val split)")
+    s.add_argument(
+        "--scan",
+        type=existing_file,
+        default=None,
+        help="sensitivity.json from `prunelab sensitivity` (best on the val split)",
+    )
     s.add_argument("--checkpoint", required=True, type=existing_file)
-    s.add_argument("--target", required=True, type=sparsity,
-                   help="overall sparsity of the scope's weights, e.g. 0.8")
-    s.add_argument("--cap", type=cap_item, action="append", default=None, metavar="LAYER=CAP",
-                   help="most a layer may be pruned (repeatable)")
+    s.add_argument(
+        "--target",
+        required=True,
+        type=sparsity,
+        help="overall sparsity of the scope's weights, e.g. 0.8",
+    )
+    s.add_argument(
+        "--cap",
+        type=cap_item,
+        action="append",
+        default=None,
+        metavar="LAYER=CAP",
+        help="most a layer may be pruned (repeatable)",
+    )
     s.add_argument("--default-cap", type=sparsity, default=0.95, help="(default 0.95)")
-    s.add_argument("--first-last-cap", type=sparsity, default=0.8,
-                   help="cap of the first and last layer of the scope (default 0.8)")
-    s.add_argument("--max-drop", type=sparsity, default=None,
-                   help="most accuracy a layer may lose by the scan, e.g. 0.02 = 2 points")
-    s.add_argument("--global", dest="global_", action="store_true",
-                   help="one magnitude threshold over the scope instead (for comparison)")
+    s.add_argument(
+        "--first-last-cap",
+        type=sparsity,
+        default=0.8,
+        help="cap of the first and last layer of the scope (default 0.8)",
+    )
+    s.add_argument(
+        "--max-drop",
+        type=sparsity,
+        default=None,
+        help="most accuracy a layer may lose by the scan, e.g. 0.02 = 2 points",
+    )
+    s.add_argument(
+        "--global",
+        dest="global_",
+        action="store_true",
+        help="one magnitude threshold over the scope instead (for comparison)",
+    )
     s.add_argument("--scope", choices=["conv", "all"], default="conv")
     s.add_argument("--out", default="plan.json", help="plan JSON for `prunelab prune --plan`")
     s.add_argument("--cache-dir", default=None)
@@ -702,9 +759,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", type=existing_file)
     s.add_argument("--out", required=True, help="compressed model to write, e.g. model.plz")
     s.add_argument("--fp16", action="store_true", help="store values as fp16 (lossy, half size)")
-    s.add_argument("--dense", type=existing_file, default=None,
-                   help="the dense checkpoint, for the size comparison (default: the plain "
-                   "state dict, which has the same size)")
+    s.add_argument(
+        "--dense",
+        type=existing_file,
+        default=None,
+        help="the dense checkpoint, for the size comparison (default: the plain "
+        "state dict, which has the same size)",
+    )
     s.add_argument("--cache-dir", default=None)
     s.set_defaults(func=cmd_export)
 

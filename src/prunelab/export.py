@@ -83,8 +83,9 @@ def _encode_tensor(t: torch.Tensor, fp16: bool) -> tuple[str, list[np.ndarray], 
 def encode(model: nn.Module, fp16: bool = False) -> tuple[bytes, dict[str, Any]]:
     """The exported file's bytes and its header (a VGG with `width` and `num_classes`)."""
     if not hasattr(model, "width") or not hasattr(model, "num_classes"):
-        raise CheckpointError(f"export needs a prunelab VGG (width, num_classes), "
-                              f"got {type(model).__name__}")
+        raise CheckpointError(
+            f"export needs a prunelab VGG (width, num_classes), got {type(model).__name__}"
+        )
     tensors, chunks, offset = [], [], 0
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -95,20 +96,37 @@ def encode(model: nn.Module, fp16: bool = False) -> tuple[bytes, dict[str, Any]]
             sections.append([offset, len(b), a.dtype.name])
             chunks.append(b)
             offset += len(b)
-        tensors.append({"name": name, "shape": list(t.shape),
-                        "dtype": str(t.dtype).removeprefix("torch."), "encoding": enc,
-                        "values": vdtype, "numel": t.numel(),
-                        "nonzeros": int(torch.count_nonzero(t)), "sections": sections})
+        tensors.append(
+            {
+                "name": name,
+                "shape": list(t.shape),
+                "dtype": str(t.dtype).removeprefix("torch."),
+                "encoding": enc,
+                "values": vdtype,
+                "numel": t.numel(),
+                "nonzeros": int(torch.count_nonzero(t)),
+                "sections": sections,
+            }
+        )
     payload = b"".join(chunks)
-    header = {"format": FORMAT, "version": 1, "model": "VGG", "width": float(model.width),
-              "num_classes": int(model.num_classes), "fp16": fp16, "tensors": tensors,
-              "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
+    header = {
+        "format": FORMAT,
+        "version": 1,
+        "model": "VGG",
+        "width": float(model.width),
+        "num_classes": int(model.num_classes),
+        "fp16": fp16,
+        "tensors": tensors,
+        "payload_bytes": len(payload),
+        "payload_crc32": zlib.crc32(payload),
+    }
     hb = json.dumps(header, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, len(hb), zlib.crc32(hb)) + hb + payload, header
 
 
-def export_compressed(model: nn.Module, path: str | os.PathLike, fp16: bool = False
-                      ) -> dict[str, Any]:
+def export_compressed(
+    model: nn.Module, path: str | os.PathLike, fp16: bool = False
+) -> dict[str, Any]:
     """Write `model` (pruned weights as zeros) in the compact format, atomically.
 
     Returns the header plus `bytes`, the file's size. fp16 halves the values (lossy);
@@ -136,17 +154,18 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     magic, hlen, hcrc = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise CheckpointError(f"{path} is not a prunelab compressed model (no {MAGIC!r} magic)")
-    hb = data[_PREFIX.size:_PREFIX.size + hlen]
+    hb = data[_PREFIX.size : _PREFIX.size + hlen]
     if len(hb) != hlen or zlib.crc32(hb) != hcrc:
         raise _fail(path, "header cut short or damaged")
     try:
         header = json.loads(hb)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _fail(path, f"header is not JSON: {e}") from None
-    payload = data[_PREFIX.size + hlen:]
+    payload = data[_PREFIX.size + hlen :]
     if len(payload) != header.get("payload_bytes"):
-        raise _fail(path, f"payload has {len(payload)} bytes, the header says "
-                          f"{header.get('payload_bytes')}")
+        raise _fail(
+            path, f"payload has {len(payload)} bytes, the header says {header.get('payload_bytes')}"
+        )
     if zlib.crc32(payload) != header.get("payload_crc32"):
         raise _fail(path, "payload checksum mismatch")
     if header.get("format") != FORMAT:
@@ -163,8 +182,11 @@ def _decode_tensor(t: dict[str, Any], payload: bytes) -> torch.Tensor:
     for off, n, dtype in t["sections"]:
         if off < 0 or off + n > len(payload):
             raise ValueError(f"{t['name']}: section outside the payload")
-        arrays.append(np.frombuffer(payload, dtype=np.dtype(dtype), count=n // np.dtype(dtype)
-                                    .itemsize, offset=off).copy())
+        arrays.append(
+            np.frombuffer(
+                payload, dtype=np.dtype(dtype), count=n // np.dtype(dtype).itemsize, offset=off
+            ).copy()
+        )
     dtype = getattr(torch, t["dtype"])
     numel = int(np.prod(t["shape"], dtype=np.int64))
     if t["encoding"] == "raw":
@@ -224,27 +246,49 @@ def size_table(
     other_fp16 = not header["fp16"]
     other = len(encode(model, fp16=other_fp16)[0])
     rows = [
-        ("dense", "dense checkpoint file" if dense_ckpt_path
-         else "dense reference (plain state dict)",
-         os.path.getsize(dense_ckpt_path) if dense_ckpt_path else len(plain)),
-        ("pruned_checkpoint", "pruned checkpoint file (state dict + masks + metadata)",
-         os.path.getsize(pruned_ckpt_path)),
+        (
+            "dense",
+            "dense checkpoint file" if dense_ckpt_path else "dense reference (plain state dict)",
+            os.path.getsize(dense_ckpt_path) if dense_ckpt_path else len(plain),
+        ),
+        (
+            "pruned_checkpoint",
+            "pruned checkpoint file (state dict + masks + metadata)",
+            os.path.getsize(pruned_ckpt_path),
+        ),
         ("plain", "pruned model as plain state dict (torch.save)", len(plain)),
         ("gzip", "plain state dict, gzip -9", len(gzip.compress(plain, compresslevel=9))),
-        ("nonzero", "non-zero parameters x 4 bytes (the study's figure, no index)",
-         nonzero_params * 4),
-        ("export", f"exported {exported_path.name} "
-         f"({'fp16' if header['fp16'] else 'fp32'}, real file)", exported_path.stat().st_size),
-        ("export_other", f"export at {'fp16' if other_fp16 else 'fp32'} (encoded in memory)",
-         other),
+        (
+            "nonzero",
+            "non-zero parameters x 4 bytes (the study's figure, no index)",
+            nonzero_params * 4,
+        ),
+        (
+            "export",
+            f"exported {exported_path.name} ({'fp16' if header['fp16'] else 'fp32'}, real file)",
+            exported_path.stat().st_size,
+        ),
+        (
+            "export_other",
+            f"export at {'fp16' if other_fp16 else 'fp32'} (encoded in memory)",
+            other,
+        ),
     ]
     dense = rows[0][2]
     encodings: dict[str, int] = {}
     for t in header["tensors"]:
         encodings[t["encoding"]] = encodings.get(t["encoding"], 0) + 1
     return {
-        "rows": [{"key": k, "what": w, "bytes": b, "fraction_of_dense": b / dense,
-                  "times_smaller": dense / b if b else float("inf")} for k, w, b in rows],
+        "rows": [
+            {
+                "key": k,
+                "what": w,
+                "bytes": b,
+                "fraction_of_dense": b / dense,
+                "times_smaller": dense / b if b else float("inf"),
+            }
+            for k, w, b in rows
+        ],
         "sparsity": rep["prunable_sparsity"],
         "macs_dense": rep["macs_dense"],
         "macs_sparse": rep["macs_sparse"],
@@ -256,8 +300,10 @@ def format_size_table(table: dict[str, Any]) -> str:
     """Markdown table of `size_table`, with the caveat about MACs."""
     lines = ["| stored as | bytes | KiB | % of dense | x smaller |", "|---|---:|---:|---:|---:|"]
     for r in table["rows"]:
-        lines.append(f"| {r['what']} | {r['bytes']:,} | {r['bytes'] / 1024:.1f} | "
-                     f"{100 * r['fraction_of_dense']:.1f} | {r['times_smaller']:.2f} |")
+        lines.append(
+            f"| {r['what']} | {r['bytes']:,} | {r['bytes'] / 1024:.1f} | "
+            f"{100 * r['fraction_of_dense']:.1f} | {r['times_smaller']:.2f} |"
+        )
     enc = ", ".join(f"{k}: {v}" for k, v in sorted(table["encodings"].items()))
     lines += [
         "",

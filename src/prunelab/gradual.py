@@ -73,22 +73,29 @@ class GradualPruner:
             raise PlanError(f"prune_every must be an integer >= 1, got {prune_every!r}")
         if prune_steps is not None and not (isinstance(prune_steps, int) and prune_steps >= 0):
             raise PlanError(f"prune_steps must be an integer >= 0, got {prune_steps!r}")
-        if not (isinstance(prune_steps_fraction, int | float) and 0 <= prune_steps_fraction <= 1
-                and math.isfinite(prune_steps_fraction)):
+        if not (
+            isinstance(prune_steps_fraction, int | float)
+            and 0 <= prune_steps_fraction <= 1
+            and math.isfinite(prune_steps_fraction)
+        ):
             raise PlanError(f"prune_steps_fraction must be in [0, 1], got {prune_steps_fraction!r}")
         self.model = model
         self.final = resolve_plan(model, plan, scope)
         params = dict(model.named_parameters())
         numel = {n: params[n].numel() for n in self.final}
         self.final_overall = sum(round(numel[n] * s) for n, s in self.final.items()) / sum(
-            numel.values())
+            numel.values()
+        )
         if self.final_overall and self.initial_sparsity > self.final_overall:
-            raise PlanError(f"initial_sparsity {self.initial_sparsity} is above the plan's "
-                            f"overall sparsity {self.final_overall:.4f}")
+            raise PlanError(
+                f"initial_sparsity {self.initial_sparsity} is above the plan's "
+                f"overall sparsity {self.final_overall:.4f}"
+            )
         self.prune_every, self.prune_steps = prune_every, prune_steps
         self.prune_steps_fraction, self.start_step = float(prune_steps_fraction), start_step
         self.pruner = Pruner.from_masks(
-            model, {n: torch.ones_like(params[n], dtype=torch.bool) for n in self.final})
+            model, {n: torch.ones_like(params[n], dtype=torch.bool) for n in self.final}
+        )
         self.current: float | None = None  # overall scheduled sparsity of the masks
         self.updates: list[tuple[int, float]] = []  # (step, overall scheduled sparsity)
         self._optimizer: torch.optim.Optimizer | None = None
@@ -120,8 +127,14 @@ class GradualPruner:
             self._T = round(self.prune_steps_fraction * total)
         if self.final_overall == 0:
             return 0.0
-        return sparsity_at(step, self.initial_sparsity, self.final_overall, self.start_step,
-                           self._T, self.prune_every)
+        return sparsity_at(
+            step,
+            self.initial_sparsity,
+            self.final_overall,
+            self.start_step,
+            self._T,
+            self.prune_every,
+        )
 
     def layer_sparsity(self, name: str, overall: float) -> float:
         """The layer's share of an overall sparsity (its final sparsity when overall is final)."""

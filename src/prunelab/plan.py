@@ -110,8 +110,10 @@ def _check_scan(scan: Any, layers: dict[str, nn.Module], scope: str) -> None:
                 f"{m.weight.numel()}: the scan was made on another model"
             )
         if len(r.get("accuracy", [])) != len(scan["sparsities"]):
-            raise PlanError(f"the scan's {n} has {len(r.get('accuracy', []))} accuracies for "
-                            f"{len(scan['sparsities'])} sparsities")
+            raise PlanError(
+                f"the scan's {n} has {len(r.get('accuracy', []))} accuracies for "
+                f"{len(scan['sparsities'])} sparsities"
+            )
 
 
 def _overall(plan: dict[str, float], layers: dict[str, nn.Module]) -> float:
@@ -172,8 +174,9 @@ def sensitivity_plan(
     for n in names:
         xs, ds = curves[n] = _drop_curve(scan, n)
         hi = min(math.floor(cap[n] * numel[n] + 1e-9), numel[n] - 1)
-        counts = np.unique(np.minimum(
-            np.round(np.arange(0, 1 + STEP / 2, STEP) * numel[n]).astype(np.int64), hi))
+        counts = np.unique(
+            np.minimum(np.round(np.arange(0, 1 + STEP / 2, STEP) * numel[n]).astype(np.int64), hi)
+        )
         d = _interp(xs, ds, counts / numel[n])
         if max_drop is not None:
             ok = d <= max_drop + 1e-12
@@ -194,7 +197,7 @@ def sensitivity_plan(
             g, d, i = grids[n], drops[n], pos[n]
             if i + 1 >= len(g):
                 continue
-            slopes = (d[i + 1:] - d[i]) / (g[i + 1:] - g[i])
+            slopes = (d[i + 1 :] - d[i]) / (g[i + 1 :] - g[i])
             j = int(np.flatnonzero(slopes <= slopes.min() + _TIE)[-1])  # farthest of the best
             key = (float(slopes[j]), -int(g[i + 1 + j] - g[i]), names.index(n))
             if best is None or key < best[0]:
@@ -227,8 +230,15 @@ def uniform_plan(model: nn.Module, target: float, scope: str = "conv") -> dict[s
     target = _check(target, "target")
     layers = _layers_or_raise(model, scope)
     plan = {f"{n}.weight": target for n in layers}
-    return {"plan": plan, "target": target, "achieved_overall": _overall(plan, layers),
-            "predicted_drop": None, "method": "uniform", "caps": None, "scope": scope}
+    return {
+        "plan": plan,
+        "target": target,
+        "achieved_overall": _overall(plan, layers),
+        "predicted_drop": None,
+        "method": "uniform",
+        "caps": None,
+        "scope": scope,
+    }
 
 
 def global_plan(
@@ -247,9 +257,15 @@ def global_plan(
     if cap is not None:
         spec["max_layer_sparsity"] = _check(cap, "cap", upper_open=True)
     plan = resolve_plan(model, spec, scope)
-    out = {"plan": plan, "target": target, "achieved_overall": _overall(plan, layers),
-           "predicted_drop": None, "method": "global-magnitude",
-           "caps": None if cap is None else dict.fromkeys(plan, cap), "scope": scope}
+    out = {
+        "plan": plan,
+        "target": target,
+        "achieved_overall": _overall(plan, layers),
+        "predicted_drop": None,
+        "method": "global-magnitude",
+        "caps": None if cap is None else dict.fromkeys(plan, cap),
+        "scope": scope,
+    }
     if scan is not None:
         _check_scan(scan, layers, scope)
         per_layer = predicted_drop(scan, plan)
@@ -286,6 +302,8 @@ def format_plan_table(plan: dict[str, Any], model: nn.Module) -> str:
         f"{plan['achieved_overall']:.6f} (pruned weights / weights of the layers listed)",
     ]
     if drop is not None:
-        lines.append("- predicted drop: the sum of each layer's drop in the scan, each pruned "
-                     "alone (interactions ignored): a ranking aid, not a promise")
+        lines.append(
+            "- predicted drop: the sum of each layer's drop in the scan, each pruned "
+            "alone (interactions ignored): a ranking aid, not a promise"
+        )
     return "\n".join(lines) + "\n"

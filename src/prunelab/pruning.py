@@ -127,8 +127,10 @@ def resolve_plan(model: nn.Module, plan: Any, scope: str = "conv") -> dict[str, 
     if isinstance(plan, dict) and "global" in plan:
         extra = set(plan) - {"global", "max_layer_sparsity"}
         if extra:
-            raise PlanError(f"a global plan takes only 'global' and 'max_layer_sparsity', "
-                            f"got also {sorted(extra)}")
+            raise PlanError(
+                f"a global plan takes only 'global' and 'max_layer_sparsity', "
+                f"got also {sorted(extra)}"
+            )
         cap = plan.get("max_layer_sparsity")
         cap = None if cap is None else _plan_sparsity(cap, "max_layer_sparsity")
         out = _global_plan(layers, _plan_sparsity(plan["global"], "global"), cap)
@@ -146,8 +148,10 @@ def resolve_plan(model: nn.Module, plan: Any, scope: str = "conv") -> dict[str, 
         out = {f"{n}.weight": s for n in layers}
     full = [n for n, s in out.items() if s >= 1.0]
     if full:
-        warnings.warn(f"plan prunes {', '.join(full)} to 100%: those layers output only their bias",
-                      stacklevel=2)
+        warnings.warn(
+            f"plan prunes {', '.join(full)} to 100%: those layers output only their bias",
+            stacklevel=2,
+        )
     return out
 
 
@@ -171,11 +175,15 @@ class Pruner:
         params = dict(model.named_parameters())
         for name, m in masks.items():
             if name not in params:
-                raise PlanError(f"mask {name!r} names no parameter of the model; valid: "
-                                f"{', '.join(n for n, p in params.items() if p.dim() > 1)}")
+                raise PlanError(
+                    f"mask {name!r} names no parameter of the model; valid: "
+                    f"{', '.join(n for n, p in params.items() if p.dim() > 1)}"
+                )
             if tuple(m.shape) != tuple(params[name].shape):
-                raise PlanError(f"mask {name!r} has shape {tuple(m.shape)}, the parameter has "
-                                f"{tuple(params[name].shape)}")
+                raise PlanError(
+                    f"mask {name!r} has shape {tuple(m.shape)}, the parameter has "
+                    f"{tuple(params[name].shape)}"
+                )
         self = cls.__new__(cls)
         self.model = model
         self.masks = {n: m.to(params[n].device).bool() for n, m in masks.items()}
@@ -225,13 +233,20 @@ class Pruner:
             target = self.targets[name]
             expected = round(numel * target) / numel
             achieved = (numel - nonzeros) / numel
-            out[name] = {"target": target, "achieved": achieved, "numel": numel,
-                         "nonzeros": nonzeros, "matches_target": achieved == expected}
+            out[name] = {
+                "target": target,
+                "achieved": achieved,
+                "numel": numel,
+                "nonzeros": nonzeros,
+                "matches_target": achieved == expected,
+            }
             if achieved != expected:
                 warnings.warn(
                     f"{name}: achieved sparsity {achieved:.6f} != {expected:.6f} expected for "
                     f"target {target}: ties at the threshold (e.g. exact zeros), or apply() "
-                    "has not been called", stacklevel=2)
+                    "has not been called",
+                    stacklevel=2,
+                )
         return out
 
 
@@ -256,12 +271,15 @@ def encoded_nbytes(weight: torch.Tensor) -> tuple[int, str]:
     return 4 * nnz + bitmask, "bitmask"
 
 
-def _output_shapes(model: nn.Module, layers: dict[str, nn.Module],
-                   input_size: tuple[int, ...]) -> dict[str, list[tuple[int, ...]]]:
+def _output_shapes(
+    model: nn.Module, layers: dict[str, nn.Module], input_size: tuple[int, ...]
+) -> dict[str, list[tuple[int, ...]]]:
     """Output shape of every call of each layer during one forward pass of a zero image."""
     shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in layers}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: shapes[n].append(tuple(out.shape)))
-             for n, m in layers.items()]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, n=n: shapes[n].append(tuple(out.shape)))
+        for n, m in layers.items()
+    ]
     param = next(model.parameters())
     was_training = model.training
     try:
@@ -275,8 +293,9 @@ def _output_shapes(model: nn.Module, layers: dict[str, nn.Module],
     return shapes
 
 
-def sparsity_report(model: nn.Module, scope: str = "conv",
-                    input_size: tuple[int, ...] | None = (3, 32, 32)) -> dict[str, Any]:
+def sparsity_report(
+    model: nn.Module, scope: str = "conv", input_size: tuple[int, ...] | None = (3, 32, 32)
+) -> dict[str, Any]:
     """Per-layer and total sparsity, MACs (dense and zero-skipping, per image) and sizes in MiB.
 
     MACs need output sizes, so one forward pass of a zero input of `input_size` runs with
@@ -290,17 +309,26 @@ def sparsity_report(model: nn.Module, scope: str = "conv",
     for name, m in layers.items():
         w = m.weight.detach()
         nnz = int(torch.count_nonzero(w))
-        spatial = [math.prod(s[2:] if isinstance(m, nn.Conv2d) else s[1:-1])
-                   for s in shapes.get(name, [])]
+        spatial = [
+            math.prod(s[2:] if isinstance(m, nn.Conv2d) else s[1:-1]) for s in shapes.get(name, [])
+        ]
         enc, encoding = encoded_nbytes(w)
-        rows.append({
-            "name": name, "param": f"{name}.weight", "shape": list(w.shape),
-            "params": w.numel(), "nonzeros": nnz, "sparsity": (w.numel() - nnz) / w.numel(),
-            "macs_dense": sum(spatial) * w.numel() if shapes else None,
-            "macs_sparse": sum(spatial) * nnz if shapes else None,
-            "mib_dense": w.numel() * 4 / 2**20, "mib_nonzero": nnz * 4 / 2**20,
-            "mib_encoded": enc / 2**20, "encoding": encoding,
-        })
+        rows.append(
+            {
+                "name": name,
+                "param": f"{name}.weight",
+                "shape": list(w.shape),
+                "params": w.numel(),
+                "nonzeros": nnz,
+                "sparsity": (w.numel() - nnz) / w.numel(),
+                "macs_dense": sum(spatial) * w.numel() if shapes else None,
+                "macs_sparse": sum(spatial) * nnz if shapes else None,
+                "mib_dense": w.numel() * 4 / 2**20,
+                "mib_nonzero": nnz * 4 / 2**20,
+                "mib_encoded": enc / 2**20,
+                "encoding": encoding,
+            }
+        )
     params = [p.detach() for p in model.parameters()]
     n_all = sum(p.numel() for p in params)
     z_all = sum(p.numel() - int(torch.count_nonzero(p)) for p in params)
@@ -344,6 +372,7 @@ def sparsity_report(model: nn.Module, scope: str = "conv",
 
 def format_sparsity_table(report: dict[str, Any]) -> str:
     """Markdown table of a sparsity_report, followed by what each total divides by."""
+
     def macs(v: int | None) -> str:
         return "-" if v is None else f"{v / 1e6:.2f}M"
 

@@ -29,29 +29,41 @@ from .pruning import _layers_or_raise, check_sparsity, fine_grained_mask
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise equality (tells -0.0 from 0.0 and compares NaNs), whatever the memory layout."""
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(
-        a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    )
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
-             dtype: torch.dtype, channels_last: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Convert the data once (uint8 -> /255) so every probe sees the very same input tensors."""
     if x.dim() != 4 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"expected N x C x H x W images and N labels, got images "
-                         f"{tuple(x.shape)} and labels {tuple(y.shape)}")
+        raise ValueError(
+            f"expected N x C x H x W images and N labels, got images "
+            f"{tuple(x.shape)} and labels {tuple(y.shape)}"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = []
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
+        xb = x[i : i + batch_size].to(device)
         xb = xb.to(dtype).div_(255) if xb.dtype == torch.uint8 else xb.to(dtype)
-        out.append((xb.contiguous(memory_format=fmt), y[i:i + batch_size].to(device).long()))
+        out.append((xb.contiguous(memory_format=fmt), y[i : i + batch_size].to(device).long()))
     return out
 
 
-def _suffix_plan(model: nn.Module, names: list[str], sample: torch.Tensor
-                 ) -> tuple[dict[int, list[str]], list[str], list[str]] | None:
+def _suffix_plan(
+    model: nn.Module, names: list[str], sample: torch.Tensor
+) -> tuple[dict[int, list[str]], list[str], list[str]] | None:
     """Split layers into (backbone stage -> layers, layers the head uses, the rest).
 
     None when the model has no `backbone` Sequential and `head`, or when model(x) differs from
@@ -72,8 +84,9 @@ def _suffix_plan(model: nn.Module, names: list[str], sample: torch.Tensor
         for h in hooks:
             h.remove()
     if not _same_bits(fast, model(sample)):
-        warnings.warn("model(x) differs from head(backbone(x)): scanning without reuse",
-                      stacklevel=3)
+        warnings.warn(
+            "model(x) differs from head(backbone(x)): scanning without reuse", stacklevel=3
+        )
         return None
     stages: dict[int, list[str]] = {}
     for n in names:
@@ -116,8 +129,10 @@ def sensitivity_scan(
     names = list(scoped) if layers is None else [n.removesuffix(".weight") for n in layers]
     unknown = [n for n in names if n not in scoped]
     if unknown:
-        raise PlanError(f"unknown layer(s) {', '.join(unknown)} for scope {scope!r}; "
-                        f"valid layers: {', '.join(scoped)}")
+        raise PlanError(
+            f"unknown layer(s) {', '.join(unknown)} for scope {scope!r}; "
+            f"valid layers: {', '.join(scoped)}"
+        )
     for n in names:
         numel = scoped[n].weight.numel()
         for s in sps:
@@ -133,22 +148,45 @@ def sensitivity_scan(
     try:
         work.eval()
         work.to(device, **({"memory_format": torch.channels_last} if channels_last else {}))
-        result = _scan(work, work_scoped, names, sps, x, y, batch_size, device, bf16,
-                       channels_last, reuse, progress, rank_by)
+        result = _scan(
+            work,
+            work_scoped,
+            names,
+            sps,
+            x,
+            y,
+            batch_size,
+            device,
+            bf16,
+            channels_last,
+            reuse,
+            progress,
+            rank_by,
+        )
     finally:
         if work is model:
-            model.to(home, **({"memory_format": torch.contiguous_format} if channels_last
-                              else {}))
+            model.to(home, **({"memory_format": torch.contiguous_format} if channels_last else {}))
             model.train(was_training)
     result["settings"]["fold_bn"] = fold_bn
     result["seconds"] = time.perf_counter() - start
     return result
 
 
-def _scan(model: nn.Module, scoped: dict[str, nn.Module], names: list[str], sps: list[float],
-          x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, bf16: bool,
-          channels_last: bool, reuse: bool, progress: bool,
-          rank_by: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _scan(
+    model: nn.Module,
+    scoped: dict[str, nn.Module],
+    names: list[str],
+    sps: list[float],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+    channels_last: bool,
+    reuse: bool,
+    progress: bool,
+    rank_by: dict[str, torch.Tensor],
+) -> dict[str, Any]:
     """The scan proper, on a model already in eval mode on `device`; masks rank `rank_by`."""
     weights = {n: scoped[n].weight for n in names}
     originals = {n: w.detach().clone() for n, w in weights.items()}
@@ -158,8 +196,7 @@ def _scan(model: nn.Module, scoped: dict[str, nn.Module], names: list[str], sps:
     dense = 0
     # cache_enabled=False: autocast otherwise caches each weight's bf16 copy for the whole
     # context, so probes that prune weights in place would all see the dense weights
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16,
-                              cache_enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
 
     @contextlib.contextmanager
     def pruned(n: str, s: float):
@@ -173,8 +210,11 @@ def _scan(model: nn.Module, scoped: dict[str, nn.Module], names: list[str], sps:
                 if s > 0 and achieved[n, s] == 0.0:
                     raise RuntimeError(f"probe {n} at sparsity {s} pruned nothing")
                 if achieved[n, s] != round(numel * s) / numel:
-                    warnings.warn(f"{n} at sparsity {s}: achieved {achieved[n, s]:.6f} "
-                                  "(ties at the threshold, e.g. exact zeros)", stacklevel=3)
+                    warnings.warn(
+                        f"{n} at sparsity {s}: achieved {achieved[n, s]:.6f} "
+                        "(ties at the threshold, e.g. exact zeros)",
+                        stacklevel=3,
+                    )
             yield
         finally:
             w.copy_(originals[n])
@@ -186,8 +226,12 @@ def _scan(model: nn.Module, scoped: dict[str, nn.Module], names: list[str], sps:
 
     dtype = next(model.parameters()).dtype
     batches = _batches(x, y, batch_size, device, dtype, channels_last)
-    bar = tqdm(total=len(batches) * (len(names) * len(sps) + 1), disable=not progress,
-               desc="sensitivity", unit="eval")
+    bar = tqdm(
+        total=len(batches) * (len(names) * len(sps) + 1),
+        disable=not progress,
+        desc="sensitivity",
+        unit="eval",
+    )
     with torch.no_grad(), autocast, bar:
         plan = _suffix_plan(model, names, batches[0][0]) if reuse else None
         if plan is None:
@@ -228,15 +272,22 @@ def _scan(model: nn.Module, scoped: dict[str, nn.Module], names: list[str], sps:
         "dense_accuracy": dense / total,
         "sparsities": sps,
         "layers": {
-            n: {"params": weights[n].numel(),
+            n: {
+                "params": weights[n].numel(),
                 "accuracy": [correct[n, s] / total for s in sps],
-                "achieved": [achieved[n, s] for s in sps]}
+                "achieved": [achieved[n, s] for s in sps],
+            }
             for n in names
         },
         "n_images": total,
         "method": "suffix-reuse" if plan is not None else "full-forward",
-        "settings": {"batch_size": batch_size, "device": str(device), "bf16": bf16,
-                     "channels_last": channels_last, "reuse": reuse},
+        "settings": {
+            "batch_size": batch_size,
+            "device": str(device),
+            "bf16": bf16,
+            "channels_last": channels_last,
+            "reuse": reuse,
+        },
     }
 
 
@@ -279,8 +330,9 @@ def plot_layer_params(model: nn.Module, path_png: str | os.PathLike, scope: str 
     _save(fig, path_png)
 
 
-def plot_weight_histograms(model: nn.Module, path_png: str | os.PathLike, scope: str = "conv",
-                           title: str | None = None) -> None:
+def plot_weight_histograms(
+    model: nn.Module, path_png: str | os.PathLike, scope: str = "conv", title: str | None = None
+) -> None:
     """Histogram of each layer's non-zero weights (log counts), to see what pruning removed."""
     layers = _layers_or_raise(model, scope)
     fig, axes = _grid(len(layers))
@@ -294,8 +346,9 @@ def plot_weight_histograms(model: nn.Module, path_png: str | os.PathLike, scope:
     _save(fig, path_png)
 
 
-def write_scan(result: dict[str, Any], path_json: str | os.PathLike,
-               path_csv: str | os.PathLike) -> None:
+def write_scan(
+    result: dict[str, Any], path_json: str | os.PathLike, path_csv: str | os.PathLike
+) -> None:
     """Save a scan as JSON (everything) and CSV (layer,sparsity,achieved,accuracy), atomically."""
     write_json(path_json, result)
     with atomic_path(path_csv) as tmp, open(tmp, "w", newline="") as f:
