@@ -41,7 +41,7 @@ def test_rows_and_ratio_arithmetic(tiny):
     peak = {"fp32": 1e11, "bf16": 2e11, "detail": {}, "n": 0}
     bench.finish(rows, peak)
     paths = {(r.task, r.path) for r in rows}
-    assert len(paths) == len(rows) == 5 + 3 + 3
+    assert len(paths) == len(rows) == 5 + 3 + 4
     for task in ("eval", "train", "scan"):
         bases = [r for r in rows if r.task == task and r.baseline]
         assert len(bases) == 1, task
@@ -106,12 +106,15 @@ def test_main_end_to_end_writes_json(jpeg_root, cifar_cache, tmp_path, capsys):
         str(cifar_cache),
         "--json",
         str(out),
+        "--plot",
+        str(tmp_path / "bench.png"),
     ]
     assert bench.main(argv) == 0
     text = capsys.readouterr().out
     assert "goals:" in text and "peak" in text
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(out.read_text())
-    assert len(result["rows"]) == 11 and result["goals"]
+    assert len(result["rows"]) == 12 and result["goals"]
     assert {r["task"] for r in result["rows"]} == {"eval", "train", "scan"}
 
 
@@ -129,3 +132,11 @@ def test_study_rows_on_a_tiny_recipe(jpeg_root, cifar_cache, tmp_path):
     assert [r.baseline for r in rows] == [True, False]
     assert rows[1].ratio == pytest.approx(rows[0].value / rows[1].value)
     assert 0.0 <= rows[0].accuracy <= 1.0 and 0.0 <= rows[1].accuracy <= 1.0
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = bench.main(["--plot", str(blocker / "b.png"), "--data-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "is a file" in err and len(err.splitlines()) == 1

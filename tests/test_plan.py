@@ -81,7 +81,7 @@ def test_sensitive_layers_are_spared(model, scan):
     assert plan["backbone.conv0.weight"] < plan["backbone.conv5.weight"]
     assert plan["backbone.conv1.weight"] < plan["backbone.conv6.weight"]
     uniform_drop = sum(LOSS[i] * (0.7 / 0.9) ** 3 for i in range(8))
-    assert sensitivity_plan(scan, model, 0.7)["predicted_drop"] < uniform_drop
+    assert sensitivity_plan(scan, model, 0.7)["summed_scan_drop"] < uniform_drop
 
 
 def test_unreachable_target_names_the_maximum(model, scan):
@@ -110,7 +110,7 @@ def test_scan_of_another_model_is_refused(scan):
 
 def test_max_drop_bounds_each_layer(model, scan):
     plan = sensitivity_plan(scan, model, 0.5, max_drop=0.02)
-    assert all(d <= 0.02 + 1e-9 for d in plan["predicted_drop_per_layer"].values())
+    assert all(d <= 0.02 + 1e-9 for d in plan["scan_drop_per_layer"].values())
     with pytest.raises(PlanError, match="max_drop"):
         sensitivity_plan(scan, model, 0.9, max_drop=0.001)
 
@@ -118,7 +118,7 @@ def test_max_drop_bounds_each_layer(model, scan):
 def test_global_plan_reaches_target(model, scan):
     plan = global_plan(model, 0.8, scan=scan)
     assert plan["achieved_overall"] == pytest.approx(0.8, abs=1e-4)
-    assert plan["predicted_drop"] > 0
+    assert plan["summed_scan_drop"] > 0
     table = format_plan_table(plan, model)
     assert "| **total** |" in table and "global-magnitude" in table
 

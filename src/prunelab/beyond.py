@@ -288,7 +288,7 @@ class Beyond(Study):
                         "planned_sparsity": plan["achieved_overall"],
                         "sparsity": measured["prunable_sparsity"],
                         "layer_sparsity": {r["param"]: r["sparsity"] for r in measured["layers"]},
-                        "predicted_drop": plan.get("predicted_drop"),
+                        "summed_scan_drop": plan.get("summed_scan_drop"),
                         "accuracy_before": None if before is None else before["accuracy"],
                         "accuracy_after": after["accuracy"],
                         "f1_after": after["f1"],
@@ -627,11 +627,13 @@ def beyond_report(r: dict[str, Any]) -> str:
             + " |"
         )
     lines += [
-        "| predicted drop (points) | "
-        + " | ".join(_pct(r["plans"][f"{k}-{tag(s)}"].get("predicted_drop")) for k, s in cols)
+        "| sum of scan drops alone (points) | "
+        + " | ".join(_pct(r["plans"][f"{k}-{tag(s)}"].get("summed_scan_drop")) for k, s in cols)
         + " |",
         "",
-        "Predicted drop: the sum of each layer's drop in the scan, each pruned alone.",
+        "Sum of scan drops alone: each layer's accuracy drop in the scan with that layer "
+        "alone pruned (no fine-tuning), added up. It ranks plans (lower is better) but is no "
+        "accuracy prediction: layers interact, and fine-tuning recovers most of it.",
         "",
         "![sensitivity](figures/sensitivity.png)",
         "",

@@ -122,8 +122,8 @@ def _overall(plan: dict[str, float], layers: dict[str, nn.Module]) -> float:
     return sum(round(n[p] * s) for p, s in plan.items()) / sum(n.values())
 
 
-def predicted_drop(scan: dict[str, Any], plan: dict[str, float]) -> dict[str, float]:
-    """Accuracy drop the scan predicts for each layer of a plan (each layer measured alone)."""
+def layer_drops(scan: dict[str, Any], plan: dict[str, float]) -> dict[str, float]:
+    """Each layer's accuracy drop in the scan at its planned sparsity (that layer alone pruned)."""
     out = {}
     for p, s in plan.items():
         layer = _layer_name(p)
@@ -154,9 +154,9 @@ def sensitivity_plan(
     plan removes exactly round(target * total) weights. Caps: `default_cap` everywhere,
     `first_last_cap` on the first and last layer of the scope (they hold few weights and hurt
     most), `caps` ({layer: cap}) overrides both; no cap may reach 1. `max_drop` bounds each
-    layer's own predicted drop (e.g. 0.02 = 2 points), acting as one more cap per layer.
-    `predicted_drop` is the sum of the layers' drops, each measured alone: an estimate that
-    ignores interactions.
+    layer's own drop in the scan (e.g. 0.02 = 2 points), acting as one more cap per layer.
+    `summed_scan_drop` adds up the layers' drops, each measured alone: it ranks plans (lower
+    is better) but is no accuracy prediction; layers interact and fine-tuning recovers most.
     """
     target = _check(target, "target")
     if max_drop is not None and not (
@@ -215,8 +215,8 @@ def sensitivity_plan(
         "plan": plan,
         "target": target,
         "achieved_overall": _overall(plan, layers),
-        "predicted_drop": sum(per_layer.values()),
-        "predicted_drop_per_layer": per_layer,
+        "summed_scan_drop": sum(per_layer.values()),
+        "scan_drop_per_layer": per_layer,
         "method": "sensitivity-greedy",
         "caps": {f"{n}.weight": cap[n] for n in names},
         "max_drop": max_drop,
@@ -234,7 +234,7 @@ def uniform_plan(model: nn.Module, target: float, scope: str = "conv") -> dict[s
         "plan": plan,
         "target": target,
         "achieved_overall": _overall(plan, layers),
-        "predicted_drop": None,
+        "summed_scan_drop": None,
         "method": "uniform",
         "caps": None,
         "scope": scope,
@@ -261,26 +261,26 @@ def global_plan(
         "plan": plan,
         "target": target,
         "achieved_overall": _overall(plan, layers),
-        "predicted_drop": None,
+        "summed_scan_drop": None,
         "method": "global-magnitude",
         "caps": None if cap is None else dict.fromkeys(plan, cap),
         "scope": scope,
     }
     if scan is not None:
         _check_scan(scan, layers, scope)
-        per_layer = predicted_drop(scan, plan)
-        out["predicted_drop"] = sum(per_layer.values())
-        out["predicted_drop_per_layer"] = per_layer
+        per_layer = layer_drops(scan, plan)
+        out["summed_scan_drop"] = sum(per_layer.values())
+        out["scan_drop_per_layer"] = per_layer
     return out
 
 
 def format_plan_table(plan: dict[str, Any], model: nn.Module) -> str:
-    """Markdown: per layer its weights, cap, planned sparsity, weights pruned, predicted drop."""
+    """Markdown: per layer its weights, cap, planned sparsity, weights pruned, drop alone."""
     params = dict(model.named_parameters())
     caps = plan.get("caps") or {}
-    drops = plan.get("predicted_drop_per_layer") or {}
+    drops = plan.get("scan_drop_per_layer") or {}
     lines = [
-        "| layer | params | cap | sparsity | pruned | kept | predicted drop (points) |",
+        "| layer | params | cap | sparsity | pruned | kept | scan drop alone (points) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     total = pruned = 0
@@ -291,7 +291,7 @@ def format_plan_table(plan: dict[str, Any], model: nn.Module) -> str:
         cap = f"{caps[p]:.2f}" if p in caps else "-"
         drop = f"{100 * drops[p]:.2f}" if p in drops else "-"
         lines.append(f"| {_layer_name(p)} | {n:,} | {cap} | {s:.4f} | {k:,} | {n - k:,} | {drop} |")
-    drop = plan.get("predicted_drop")
+    drop = plan.get("summed_scan_drop")
     lines.append(
         f"| **total** | {total:,} | | {pruned / total:.4f} | {pruned:,} | {total - pruned:,} | "
         f"{'-' if drop is None else f'{100 * drop:.2f}'} |"
@@ -303,7 +303,8 @@ def format_plan_table(plan: dict[str, Any], model: nn.Module) -> str:
     ]
     if drop is not None:
         lines.append(
-            "- predicted drop: the sum of each layer's drop in the scan, each pruned "
-            "alone (interactions ignored): a ranking aid, not a promise"
+            "- scan drop alone: the accuracy the scan lost with that layer alone pruned to "
+            "its sparsity (no fine-tuning); the total adds them up, which ranks plans "
+            "(lower is better) but does not predict the pruned model's accuracy"
         )
     return "\n".join(lines) + "\n"
