@@ -18,7 +18,7 @@ COLOURS = {"fp32": "#4c72b0", "bf16": "#dd8452", "mixed": "#55a868"}
 
 def goal_for(row: Row) -> float | None:
     """The issue's speed-up goal for this row's task and precision, if it has one."""
-    if row.task == "train":
+    if row.task == "train" and row.precision == "bf16":
         return GOALS["train"]
     key = GOAL_OF.get((row.task, row.precision))
     return GOALS[key] if key else None
@@ -41,14 +41,20 @@ def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path
         goal = None if r.baseline else goal_for(r)
         if goal:
             a.plot([goal, goal], [y - 0.4, y + 0.4], color="black", lw=1.5)
+        if r.peak_fraction:  # what this path would reach at 100% of its precision's peak
+            ceiling = r.ratio / r.peak_fraction
+            a.plot([ceiling, ceiling], [y - 0.4, y + 0.4], color="grey", lw=1.0, ls="--")
     a.axvline(1.0, color="grey", lw=0.8, ls=":")
     a.set_yticks(list(ys), labels, fontsize=7)
     a.invert_yaxis()
-    a.set_xlabel("times faster than the baseline (black tick: the issue's goal)")
+    a.set_xlabel(
+        "times faster than the baseline\n(black: the issue's goal; grey dashes: this path "
+        "at 100% of peak)"
+    )
     fractions = [100 * (r.peak_fraction or 0.0) for r in shown]
     b.barh(ys, fractions, color=colours)
-    for y, f in zip(ys, fractions, strict=True):
-        b.text(f, y, f" {f:.0f}%", va="center", fontsize=7)
+    for y, r, f in zip(ys, shown, fractions, strict=True):
+        b.text(f, y, f" {f:.0f}%" if r.peak_fraction else " not counted", va="center", fontsize=7)
     b.axvline(100 * GOALS["peak"], color="black", lw=1.0, ls="--")
     b.set_xlim(0, 110)
     b.set_xlabel("% of this machine's measured peak for the path's precision")
@@ -56,4 +62,5 @@ def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path
     b.legend(handles, list(COLOURS), fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, path)
