@@ -1,5 +1,6 @@
 """Time the sensitivity scan the straightforward way (whole network per point, NCHW) against
-prunelab's way (dense prefix reused, channels_last), and check both give the same accuracies.
+prunelab's way (dense prefix reused, channels_last, BN folded), and check both give the same
+accuracies (folding is exact to fp32 rounding: a near-tie could flip).
 
     python benchmarks/bench_sensitivity.py [--width 0.25] [--n-images 2000] [--threads 2]
 """
@@ -11,6 +12,7 @@ import argparse
 import torch
 from torch import nn
 
+from prunelab.data import load_cifar10, subset
 from prunelab.models import VGG, load_model
 from prunelab.sensitivity import sensitivity_scan
 
@@ -30,15 +32,12 @@ def get_model(args: argparse.Namespace) -> nn.Module:
 
 
 def get_data(args: argparse.Namespace, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Real CIFAR-10 test images when --data-dir is given and loadable, else random ones."""
+    """Real CIFAR-10 test images when --data-dir is given, else random ones."""
     if args.data_dir:
-        try:
-            from prunelab.data import load_cifar10
-        except ImportError:
-            print("prunelab.data.load_cifar10 not available: using random images")
-        else:
-            data = load_cifar10(args.data_dir, download=False)
-            return data.test_x[: args.n_images], data.test_y[: args.n_images], "CIFAR-10 test"
+        data = load_cifar10(args.data_dir, download=False)
+        # a seeded random subset: the image-folder tree is sorted by class
+        x, y = subset(data.test_x, data.test_y, min(args.n_images, len(data.test_y)), seed=0)
+        return x, y, "CIFAR-10 test"
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (args.n_images, 3, 32, 32), dtype=torch.uint8, generator=g)
     with torch.no_grad():  # labels: the dense model's predictions, a third of them scrambled
@@ -65,7 +64,7 @@ def main() -> None:
         f"VGG width {getattr(model, 'width', '?')}, {len(x)} {source} images, "
         f"{len(args.sparsities)} sparsities, {args.threads} threads, fp32, CPU"
     )
-    slow = sensitivity_scan(model, x, y, reuse=False, channels_last=False, **common)
+    slow = sensitivity_scan(model, x, y, reuse=False, channels_last=False, fold_bn=False, **common)
     fast = sensitivity_scan(model, x, y, reuse=True, channels_last=True, **common)
     diff = max(
         [abs(fast["dense_accuracy"] - slow["dense_accuracy"])]
@@ -75,8 +74,8 @@ def main() -> None:
             for a, b in zip(r["accuracy"], slow["layers"][name]["accuracy"], strict=True)
         ]
     )
-    print(f"straightforward (reuse=False, NCHW):      {slow['seconds']:7.1f} s")
-    print(f"prunelab (reuse=True, channels_last):     {fast['seconds']:7.1f} s [{fast['method']}]")
+    print(f"straightforward (reuse=False, NCHW, BN):  {slow['seconds']:7.1f} s")
+    print(f"prunelab (reuse, channels_last, folded):  {fast['seconds']:7.1f} s [{fast['method']}]")
     print(f"speed-up:                                 {slow['seconds'] / fast['seconds']:7.2f}x")
     print(f"largest accuracy difference:              {diff:.6g}")
     print(f"dense accuracy {fast['dense_accuracy']:.4f}")
