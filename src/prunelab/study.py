@@ -381,6 +381,12 @@ def differences(r: dict[str, Any], rec: dict[str, Any]) -> list[str]:
                 "study's 5, to fit the time budget."
             )
     out.append(
+        "Evaluation: each model with its BatchNorm folded into the convolutions "
+        f"({'bf16' if rec['evaluate']['bf16'] else 'fp32'}); the same model to fp32 rounding, "
+        "so a prediction can flip only on a near-exact tie (`prunelab evaluate --no-fold-bn` "
+        "runs it unfolded)."
+    )
+    out.append(
         "The published table repeats the 0.5 row's precision, recall and specificity for "
         "0.6; here every row is computed from its own predictions."
     )
