@@ -29,7 +29,7 @@ from .recipes import _expect, _is_num, _sparsities, train_config
 from .report import PUBLISHED
 from .sensitivity import plot_sensitivity, sensitivity_scan, write_scan
 from .study import Study, _light, tag
-from .tasks import Splits, environment, finetune, load_splits, state_path_for
+from .tasks import Splits, data_record, environment, finetune, recipe_splits, state_path_for
 
 METHODS = {
     "uniform": "uniform one-shot",
@@ -211,18 +211,8 @@ class Beyond(Study):
         rec, out, cmp = self.rec, self.out, self.rec["compare"]
         t0 = time.perf_counter()
         torch.manual_seed(rec["seed"])
-        d = rec["data"]
-        splits = load_splits(
-            self.data_dir,
-            self.cache,
-            val_size=d["val_size"],
-            seed=rec["seed"],
-            train_subset=d["train_subset"],
-            test_subset=d["test_subset"],
-        )
-        dense_path = out / "dense" / "model.pth"
-        self.step("dense model", dense_path, lambda: self._dense(splits, dense_path))
-        dense, dense_ckpt = load_model(dense_path)
+        splits = recipe_splits(rec, self.data_dir, self.cache)
+        dense_path, dense, dense_ckpt = self.dense_model(splits)
         dense_row = self._evaluated("dense", dense, splits, 0.0)
         scan_path = out / "sensitivity" / "sensitivity.json"
         self.step(
@@ -312,13 +302,7 @@ class Beyond(Study):
                 "checkpoint_bytes": dense_path.stat().st_size,
                 "meta": _light(dense_ckpt["meta"]),
             },
-            "data": {
-                "source": splits.source,
-                "fingerprint": splits.fingerprint,
-                "train_images": len(splits.train_y),
-                "val_images": len(splits.val_y),
-                "test_images": len(splits.test_y),
-            },
+            "data": data_record(splits),
             "environment": environment(),
             "compare": json.loads(json.dumps(cmp, default=asdict)),
             "scan": {

@@ -26,9 +26,10 @@ from .sensitivity import (
 )
 from .tasks import (
     Splits,
+    data_record,
     environment,
     finetune,
-    load_splits,
+    recipe_splits,
     state_path_for,
     summarize,
     train_dense,
@@ -74,18 +75,8 @@ class Study:
         rec, out = self.rec, self.out
         t0 = time.perf_counter()
         torch.manual_seed(rec["seed"])
-        d = rec["data"]
-        splits = load_splits(
-            self.data_dir,
-            self.cache,
-            val_size=d["val_size"],
-            seed=rec["seed"],
-            train_subset=d["train_subset"],
-            test_subset=d["test_subset"],
-        )
-        dense_path = out / "dense" / "model.pth"
-        self.step("dense model", dense_path, lambda: self._dense(splits, dense_path))
-        dense, dense_ckpt = load_model(dense_path)
+        splits = recipe_splits(rec, self.data_dir, self.cache)
+        dense_path, dense, dense_ckpt = self.dense_model(splits)
         rows = [self._evaluated("dense", dense, splits, 0.0)]
         sens = None
         if "sensitivity" in rec:
@@ -151,13 +142,7 @@ class Study:
                 "width": dense.width,
                 "meta": _light(dense_ckpt["meta"]),
             },
-            "data": {
-                "source": splits.source,
-                "fingerprint": splits.fingerprint,
-                "train_images": len(splits.train_y),
-                "val_images": len(splits.val_y),
-                "test_images": len(splits.test_y),
-            },
+            "data": data_record(splits),
             "environment": environment(),
             "scope": scope,
             "models": [{k: v for k, v in r.items() if k != "cm"} for r in rows],
@@ -182,6 +167,12 @@ class Study:
         return results
 
     # ----- steps -----
+    def dense_model(self, splits: Splits) -> tuple[Path, VGG, dict[str, Any]]:
+        """The dense model: trained (or fetched) by the first run, read back by later ones."""
+        path = self.out / "dense" / "model.pth"
+        self.step("dense model", path, lambda: self._dense(splits, path))
+        return (path, *load_model(path))
+
     def _dense(self, splits: Splits, path: Path) -> None:
         d = self.rec["dense"]
         if d["checkpoint"]:

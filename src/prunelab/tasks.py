@@ -79,6 +79,30 @@ def load_splits(
     )
 
 
+def recipe_splits(rec: dict[str, Any], data_dir: Any, cache: Any = None) -> Splits:
+    """The splits a recipe's [data] table and seed describe (the seed fixes the hold-out)."""
+    d = rec["data"]
+    return load_splits(
+        data_dir,
+        cache,
+        val_size=d["val_size"],
+        seed=rec["seed"],
+        train_subset=d["train_subset"],
+        test_subset=d["test_subset"],
+    )
+
+
+def data_record(splits: Splits) -> dict[str, Any]:
+    """Where a run's images came from and how many went where (for results.json)."""
+    return {
+        "source": splits.source,
+        "fingerprint": splits.fingerprint,
+        "train_images": len(splits.train_y),
+        "val_images": len(splits.val_y),
+        "test_images": len(splits.test_y),
+    }
+
+
 def state_path_for(out: str | os.PathLike) -> Path:
     """Where a run writing `out` keeps its resume state (deleted once `out` is saved)."""
     out = Path(out)

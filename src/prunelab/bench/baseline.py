@@ -144,17 +144,9 @@ def baseline_scan(
 
 def baseline_study(rec: dict[str, Any], data_dir: Any, cache: Any) -> dict[str, Any]:
     """The recipe's steps with baseline mechanics (fp32, NCHW, per-sample data, full scan)."""
-    from ..tasks import load_splits
+    from ..tasks import recipe_splits
 
-    d = rec["data"]
-    sp = load_splits(
-        data_dir,
-        cache,
-        val_size=d["val_size"],
-        seed=rec["seed"],
-        train_subset=d["train_subset"],
-        test_subset=d["test_subset"],
-    )
+    sp = recipe_splits(rec, data_dir, cache)
     val = (sp.val_x, sp.val_y) if len(sp.val_x) else None
 
     def test_acc(m: nn.Module) -> float:
