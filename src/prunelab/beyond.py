@@ -409,14 +409,13 @@ class Beyond(Study):
             prune_every=g["prune_every"],
             prune_steps_fraction=g["prune_steps_fraction"],
         )
-        state = state_path_for(path)
         res, sp = finetune(
             model,
             gp,
             splits,
             cmp["finetune"],
-            state_path=state,
-            resume=state.exists(),
+            out=path,
+            resume=self.interrupted(path),
             device=self.device,
             progress=self.progress,
             desc=f"gradual {name}",
@@ -440,7 +439,7 @@ class Beyond(Study):
             }
         )
         save_checkpoint(path, model, meta, masks=gp.masks)
-        state.unlink(missing_ok=True)
+        state_path_for(path).unlink(missing_ok=True)
 
 
 def _check_layers(model: torch.nn.Module, plan: dict[str, float], name: str) -> None:

@@ -445,7 +445,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         pruner,
         splits,
         cfg,
-        state_path=state_path_for(out),
+        out=out,
         resume=args.resume,
         device=device,
         progress=not args.no_progress,

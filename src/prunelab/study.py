@@ -59,6 +59,11 @@ class Study:
         self.timings: dict[str, float] = {}
 
     # ----- step machinery -----
+    @staticmethod
+    def interrupted(output: Path) -> bool:
+        """Whether a training step for `output` was stopped and left a state to resume from."""
+        return state_path_for(output).exists()
+
     def step(self, name: str, output: Path, fn: Callable[[], Any]) -> None:
         """Run `fn` unless `output` already exists (a finished step); time it."""
         if output.exists() and not self.fresh:
@@ -187,14 +192,13 @@ class Study:
                 meta["source"] = f"checkpoint {d['checkpoint']}"
                 save_checkpoint(path, model, meta)
                 return
-        state = state_path_for(path)
         train_dense(
             splits,
             d["width"],
             d["train"],
             path,
             device=self.device,
-            resume=state.exists(),
+            resume=self.interrupted(path),
             progress=self.progress,
         )
 
@@ -241,14 +245,13 @@ class Study:
     ) -> None:
         model, ck = load_model(pruned)
         pruner = Pruner.from_masks(model, ck["masks"])
-        state = state_path_for(path)
         res, sp = finetune(
             model,
             pruner,
             splits,
             run["config"],
-            state_path=state,
-            resume=state.exists(),
+            out=path,
+            resume=self.interrupted(path),
             device=self.device,
             progress=self.progress,
             desc=f"finetune {name}",
@@ -264,7 +267,7 @@ class Study:
             }
         )
         save_checkpoint(path, model, meta, masks=pruner.masks)
-        state.unlink(missing_ok=True)
+        state_path_for(path).unlink(missing_ok=True)
 
     def _evaluated(self, name: str, model: VGG, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json."""

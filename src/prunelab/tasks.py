@@ -200,14 +200,17 @@ def finetune(
     pruner: Pruner | None,
     splits: Splits,
     cfg: TrainConfig,
-    state_path: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
     resume: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "finetune",
     step_hook: Any = None,
 ) -> tuple[FitResult, dict[str, float]]:
-    """Fine-tune with the masks held fixed; proves the sparsity did not change."""
+    """Fine-tune with the masks held fixed; proves the sparsity did not change.
+
+    `out`: the checkpoint the caller will write; the resume state lives beside it
+    (state_path_for) and the caller removes it once that checkpoint is saved."""
     before = sparsity_report(model)["prunable_sparsity"] if pruner is not None else 0.0
     val = (splits.val_x, splits.val_y) if len(splits.val_x) else None
     res = fit(
@@ -217,7 +220,7 @@ def finetune(
         cfg,
         val=val,
         pruner=pruner,
-        state_path=state_path,
+        state_path=None if out is None else state_path_for(out),
         resume=resume,
         device=device,
         progress=progress,

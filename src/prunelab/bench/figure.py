@@ -10,18 +10,9 @@ import os
 from pathlib import Path
 
 from .measure import Row
-from .verdict import GOALS
+from .verdict import GOALS, goal_for
 
-GOAL_OF = {("eval", "bf16"): "eval_bf16", ("eval", "fp32"): "eval_fp32", ("scan", "fp32"): "scan"}
 COLOURS = {"fp32": "#4c72b0", "bf16": "#dd8452", "mixed": "#55a868"}
-
-
-def goal_for(row: Row) -> float | None:
-    """The issue's speed-up goal for this row's task and precision, if it has one."""
-    if row.task == "train" and row.precision == "bf16":
-        return GOALS["train"]
-    key = GOAL_OF.get((row.task, row.precision))
-    return GOALS[key] if key else None
 
 
 def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path:

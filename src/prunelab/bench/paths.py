@@ -46,42 +46,30 @@ def bench_eval(
     """Images/s of every evaluation path, each pass interleaved with the others."""
     base = baseline_model(model)
     fast = copy.deepcopy(model)
-    variants: list[tuple[str, str, Callable[[], torch.Tensor], bool]] = [
+
+    def prunelab_paths(m: nn.Module, what: str) -> list[tuple[str, str, Callable[[], Any], bool]]:
+        """The fp32 and bf16 rows of one prunelab model."""
+        return [
+            (
+                f"prunelab predict, {what}{prec}, channels_last",
+                prec,
+                lambda bf16=prec == "bf16": predict(m, x, batch_size=batch_size, bf16=bf16),
+                False,
+            )
+            for prec in ("fp32", "bf16")
+        ]
+
+    variants = [
         (
             "baseline: Dataset+DataLoader, fp32, NCHW",
             "fp32",
             lambda: baseline_predict(base, x),
             True,
-        ),
-        (
-            "prunelab predict, fp32, channels_last",
-            "fp32",
-            lambda: predict(fast, x, batch_size=batch_size),
-            False,
-        ),
-        (
-            "prunelab predict, bf16, channels_last",
-            "bf16",
-            lambda: predict(fast, x, batch_size=batch_size, bf16=True),
-            False,
-        ),
+        )
     ]
+    variants += prunelab_paths(fast, "")
     if fold:
-        folded = fold_batchnorm(model)
-        variants += [
-            (
-                "prunelab predict, BN folded, fp32, channels_last",
-                "fp32",
-                lambda: predict(folded, x, batch_size=batch_size),
-                False,
-            ),
-            (
-                "prunelab predict, BN folded, bf16, channels_last",
-                "bf16",
-                lambda: predict(folded, x, batch_size=batch_size, bf16=True),
-                False,
-            ),
-        ]
+        variants += prunelab_paths(fold_batchnorm(model), "BN folded, ")
     extra: dict[str, Any] = {}
     if compile_model:
         import torch._inductor.config as inductor_config
@@ -206,25 +194,18 @@ def bench_scan(
     layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     sps = list(sparsities)
     base_model = baseline_model(model)
-    # (label, precision, bf16, fold_bn); the unfolded row is the bit-exact one
+    # (precision, fold_bn); the unfolded row is the bit-exact one
+    kinds = [("fp32", False), ("fp32", True)] + ([("bf16", True)] if bf16_row else [])
     runs = [
-        ("prunelab sensitivity_scan (prefix reuse), fp32, channels_last", "fp32", False, False),
         (
-            "prunelab sensitivity_scan (prefix reuse, BN folded), fp32, channels_last",
-            "fp32",
-            False,
-            True,
-        ),
-    ]
-    if bf16_row:
-        runs.append(
-            (
-                "prunelab sensitivity_scan (prefix reuse, BN folded), bf16, channels_last",
-                "bf16",
-                True,
-                True,
-            )
+            f"prunelab sensitivity_scan (prefix reuse{', BN folded' if fold else ''}), "
+            f"{prec}, channels_last",
+            prec,
+            prec == "bf16",
+            fold,
         )
+        for prec, fold in kinds
+    ]
 
     def fast(bf16: bool, fold_bn: bool) -> dict[str, Any]:
         with warnings.catch_warnings():  # ties in random weights: not news here

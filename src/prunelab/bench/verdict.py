@@ -8,6 +8,28 @@ from typing import Any
 from .measure import Row
 
 GOALS = {"eval_bf16": 4.0, "eval_fp32": 1.2, "train": 3.0, "scan": 2.0, "peak": 0.40}
+# (GOALS key, goal as printed, task, precision (None: any), what must match the baseline);
+# each goal is judged on the fastest path of its task and precision
+SPEED_GOALS = [
+    ("eval_bf16", "eval bf16 >= {}x baseline", "eval", "bf16", None),
+    (
+        "eval_fp32",
+        "eval fp32 >= {}x baseline, identical predictions",
+        "eval",
+        "fp32",
+        "predictions",
+    ),
+    ("train", "training >= {}x baseline", "train", None, None),
+    ("scan", "scan fp32 >= {}x faster, identical accuracies", "scan", "fp32", "points"),
+]
+
+
+def goal_for(row: Row) -> float | None:
+    """The speed-up goal a row's task and precision are held to, if any."""
+    for key, _, task, prec, _ in SPEED_GOALS:
+        if row.task == task and prec in (None, row.precision):
+            return GOALS[key]
+    return None
 
 
 def goals(rows: list[Row], bounds: dict[str, str], width: float) -> list[tuple[str, bool, str]]:
@@ -20,49 +42,15 @@ def goals(rows: list[Row], bounds: dict[str, str], width: float) -> list[tuple[s
             return ""
         return f"; ceiling here {r.ratio / r.peak_fraction:.2f}x (at 100% of {r.precision} peak)"
 
-    def best(task: str, prec: str) -> Row | None:
-        cands = [r for r in fast if r.task == task and r.precision == prec]
-        return max(cands, key=lambda r: r.ratio or 0.0) if cands else None
-
     out = []
-    b16, f32 = best("eval", "bf16"), best("eval", "fp32")
-    if b16 is not None:
-        out.append(
-            (
-                f"eval bf16 >= {GOALS['eval_bf16']}x baseline",
-                b16.ratio >= GOALS["eval_bf16"],
-                f"{b16.ratio:.2f}x ({b16.path}){ceiling(b16)}",
-            )
-        )
-    if f32 is not None:
-        ok = f32.ratio >= GOALS["eval_fp32"] and f32.pred_diff == 0
-        out.append(
-            (
-                f"eval fp32 >= {GOALS['eval_fp32']}x baseline, identical predictions",
-                ok,
-                f"{f32.ratio:.2f}x, {f32.pred_diff} predictions differ ({f32.path}){ceiling(f32)}",
-            )
-        )
-    tr = [r for r in fast if r.task == "train"]
-    if tr:
-        t = max(tr, key=lambda r: r.ratio or 0.0)
-        out.append(
-            (
-                f"training >= {GOALS['train']}x baseline",
-                t.ratio >= GOALS["train"],
-                f"{t.ratio:.2f}x ({t.path}){ceiling(t)}",
-            )
-        )
-    sc = best("scan", "fp32")
-    if sc is not None:
-        ok = sc.ratio >= GOALS["scan"] and sc.pred_diff == 0
-        out.append(
-            (
-                f"scan fp32 >= {GOALS['scan']}x faster, identical accuracies",
-                ok,
-                f"{sc.ratio:.2f}x, {sc.pred_diff} points differ{ceiling(sc)}",
-            )
-        )
+    for key, name, task, prec, differing in SPEED_GOALS:
+        cands = [r for r in fast if r.task == task and prec in (None, r.precision)]
+        if not cands:
+            continue
+        r = max(cands, key=lambda r: r.ratio or 0.0)
+        ok = r.ratio >= GOALS[key] and (differing is None or r.pred_diff == 0)
+        diff = "" if differing is None else f", {r.pred_diff} {differing} differ"
+        out.append((name.format(GOALS[key]), ok, f"{r.ratio:.2f}x{diff} ({r.path}){ceiling(r)}"))
     for r in fast:
         if r.peak_fraction is None:
             continue
