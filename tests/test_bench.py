@@ -140,3 +140,23 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys):
     code = bench.main(["--plot", str(blocker / "b.png"), "--data-dir", str(tmp_path / "none")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "is a file" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--scan-sparsities", "abc"], "'abc' is not a number"),
+        (["--scan-sparsities", "0.5,1.5"], "1.5"),
+        (["--reps", "0"], "must be >= 1"),
+        (["--width", "0"], "must be > 0"),
+        (["--n-train", "100", "--train-batch-size", "64"], "expected at least 128"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, capsys, argv, expected):
+    try:  # option errors exit from argparse, others return: both must say one line, status 2
+        code = bench.main([*argv, "--data-dir", str(tmp_path), "--json", str(tmp_path / "b.json")])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b.json").exists()

@@ -56,6 +56,16 @@ def count(text: str) -> int:
     return v
 
 
+def at_least_one(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
 def _float(text: str) -> float:
     try:
         v = float(text)

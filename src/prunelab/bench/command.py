@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cli import Parser, at_least_one, positive, sparsity_list
+from ..errors import PrunelabError
 from ..fileio import ensure_writable, write_json
 from ..fold import fold_batchnorm
 from ..models import VGG
@@ -48,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The bench options, shared by `prunelab bench` and benchmarks/run.py."""
     p.add_argument(
         "--width",
-        type=float,
+        type=positive,
         default=1.0,
         help="VGG width (default 1.0: the full VGG the goals are set for)",
     )
@@ -59,24 +61,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--n-eval", type=int, default=1000, help="test images to evaluate")
-    p.add_argument("--n-train", type=int, default=768, help="training images per path")
-    p.add_argument("--train-batch-size", type=int, default=256)
-    p.add_argument("--n-scan", type=int, default=200, help="test images for the scan")
+    p.add_argument("--n-eval", type=at_least_one, default=1000, help="test images to evaluate")
+    p.add_argument("--n-train", type=at_least_one, default=768, help="training images per path")
+    p.add_argument("--train-batch-size", type=at_least_one, default=256)
+    p.add_argument("--n-scan", type=at_least_one, default=200, help="test images for the scan")
     p.add_argument(
         "--scan-sparsities",
+        type=sparsity_list,
         default="0.5,0.9",
         help="sparsities scanned (default 0.5,0.9; the study's 6 are extrapolated)",
     )
-    p.add_argument("--eval-batch-size", type=int, default=1000)
+    p.add_argument("--eval-batch-size", type=at_least_one, default=1000)
     p.add_argument(
         "--reps",
-        type=int,
+        type=at_least_one,
         default=2,
         help="timed passes per eval and scan path, interleaved (best counts)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--peak-size", type=int, default=4096, help="n of the n^3 peak GEMM")
+    p.add_argument(
+        "--threads", type=at_least_one, default=None, help="torch threads (default: torch's)"
+    )
+    p.add_argument("--peak-size", type=at_least_one, default=4096, help="n of the n^3 peak GEMM")
     p.add_argument("--no-fold", action="store_true", help="skip the BN-folded eval rows")
     p.add_argument("--no-scan-bf16", action="store_true", help="skip the bf16 scan row")
     p.add_argument(
@@ -112,6 +117,12 @@ def run(args: argparse.Namespace, out: Any = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.n_train < 2 * args.train_batch_size:
+        raise PrunelabError(
+            f"--n-train {args.n_train} is less than 2 batches of --train-batch-size "
+            f"{args.train_batch_size}: expected at least {2 * args.train_batch_size} (the first "
+            "step builds kernels and is not timed)"
+        )
     for path in (args.json, args.plot):  # refuse an unwritable output before minutes of work
         if path:
             ensure_writable(Path(path))
@@ -152,7 +163,7 @@ def run(args: argparse.Namespace, out: Any = None) -> dict[str, Any]:
         rows += bench_train(model, tx, ty, fpi, batch_size=args.train_batch_size)
         say("sensitivity scan ...")
         sx, sy = _subset(data.test_x, data.test_y, args.n_scan)
-        sps = [float(s) for s in args.scan_sparsities.split(",") if s.strip()]
+        sps = args.scan_sparsities
         rows += bench_scan(model, sx, sy, fpi, sps, bf16_row=not args.no_scan_bf16, reps=args.reps)
         if args.study:
             say("quick study, both ways (slow) ...")
@@ -267,10 +278,7 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of benchmarks/run.py (`prunelab bench` calls `run` directly)."""
-    from ..cli import Parser
-    from ..errors import PrunelabError
-
+    """Entry point of `prunelab bench` and benchmarks/run.py."""
     p = Parser(prog="prunelab bench", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
