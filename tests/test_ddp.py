@@ -97,7 +97,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     _run([str(script), str(root / "one")], root)
 
     def load(p: Path) -> dict:
-        return torch.load(p, weights_only=False)
+        return torch.load(p, weights_only=True)
 
     return {
         "two": [load(root / "two" / f"rank{r}.pt") for r in range(2)],

@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .fileio import atomic_path, cache_dir
+from .safeload import load_tensors
 
 # 'M' is a 2x2 max-pool; numbers are output channels at width 1.0.
 VGG_PLAN: list[int | str] = [64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
@@ -96,12 +97,7 @@ def read_checkpoint(path_or_url: str | os.PathLike, cache: str | os.PathLike | N
     Truncated or corrupt files are refused by name instead of half-loading.
     """
     path = _resolve(path_or_url, cache)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many different types for a damaged file
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(e).__name__})"
-        ) from e
+    obj = load_tensors(path, "checkpoint")
     state, extras = _unwrap(obj, str(path))
     out = dict(extras)
     out["state_dict"] = state

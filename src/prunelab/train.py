@@ -29,6 +29,7 @@ from .errors import CheckpointError, PrunelabError
 from .fileio import atomic_path
 from .fold import fold_batchnorm
 from .metrics import classification_metrics
+from .safeload import load_tensors
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -420,8 +421,8 @@ def _load_state(path, model, opt, pruner) -> dict[str, Any] | None:
     path = Path(path)
     if not path.exists():
         return None
+    state = load_tensors(path, "training state")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
     except Exception as e:
