@@ -1,66 +1,24 @@
-"""The study's VGG (names match the published checkpoint) and checkpoint load/save."""
+"""Checkpoint files: read (tensors only), check against a model, write atomically."""
 
 from __future__ import annotations
 
 import json
 import os
 import urllib.parse
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .fileio import atomic_path, cache_dir
-from .safeload import load_tensors
-
-# 'M' is a 2x2 max-pool; numbers are output channels at width 1.0.
-VGG_PLAN: list[int | str] = [64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+from ..errors import CheckpointError
+from ..fileio import atomic_path, cache_dir
+from ..safeload import load_tensors
+from .vgg import VGG
 
 PRETRAINED_URL = "https://hanlab18.mit.edu/files/course/labs/vgg.cifar.pretrained.pth"
 PRETRAINED_SHA256 = "6b4aff21d828395aded52a8f2d3144ceda75d645eb9f57ea38e025ca28ded21a"
 KNOWN_SHA256 = {PRETRAINED_URL: PRETRAINED_SHA256}
-
-
-def scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
-
-
-class VGG(nn.Module):
-    """VGG11-style net: 8 conv3x3+BN+ReLU, 4 max-pools, global average pool, Linear.
-
-    `backbone` is an nn.Sequential and `head` maps its output to logits, so tools
-    (the sensitivity scan) can run the network from any layer onwards.
-    """
-
-    def __init__(self, width: float = 1.0, num_classes: int = 10):
-        super().__init__()
-        if not (isinstance(width, int | float) and width > 0):
-            raise ValueError(f"width must be a number > 0, got {width!r}")
-        self.width = float(width)
-        self.num_classes = int(num_classes)
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        in_ch, conv_i, pool_i = 3, 0, 0
-        for item in VGG_PLAN:
-            if item == "M":
-                layers[f"pool{pool_i}"] = nn.MaxPool2d(2)
-                pool_i += 1
-                continue
-            out_ch = scaled(int(item), width)
-            layers[f"conv{conv_i}"] = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
-            layers[f"bn{conv_i}"] = nn.BatchNorm2d(out_ch)
-            layers[f"relu{conv_i}"] = nn.ReLU(inplace=True)
-            in_ch, conv_i = out_ch, conv_i + 1
-        self.backbone = nn.Sequential(layers)
-        self.classifier = nn.Linear(in_ch, num_classes)
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(features.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
 
 
 def _unwrap(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -78,7 +36,7 @@ def _unwrap(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, A
 def _resolve(path_or_url: str | os.PathLike, cache: str | os.PathLike | None) -> Path:
     text = str(path_or_url)
     if urllib.parse.urlparse(text).scheme in ("http", "https", "file"):
-        from .download import download
+        from ..download import download
 
         name = Path(urllib.parse.urlparse(text).path).name or "checkpoint.pth"
         dest = cache_dir(cache) / "checkpoints" / name
