@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from prunelab.bench import main
+from prunelab.app.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

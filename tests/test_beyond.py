@@ -10,7 +10,7 @@ import pytest
 from prunelab.errors import RecipeError
 from prunelab.export import load_compressed
 from prunelab.pruning import sparsity_report
-from prunelab.recipes import load_recipe, run_recipe
+from prunelab.app.recipes import load_recipe, run_recipe
 
 RECIPE = """
 name = "tiny-compare"

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from prunelab.cli import main
+from prunelab.app.cli import main
 from prunelab.models import VGG, load_model
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.bench import calibrate
+from prunelab.app.bench import calibrate
 from prunelab.data import subset
 from prunelab.fold import fold_batchnorm, fold_conv_bn, remaining_batchnorms
 from prunelab.models import VGG

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from prunelab.errors import RecipeError
-from prunelab.recipes import load_recipe
+from prunelab.app.recipes import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from prunelab.recipes import load_recipe, run_recipe
+from prunelab.app.recipes import load_recipe, run_recipe
 
 
 def _train_cmd(jpeg_root, cache, out, *extra):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from prunelab.metrics import classification_metrics
-from prunelab.recipes import load_recipe, run_recipe
-from prunelab.tasks import load_splits
+from prunelab.app.recipes import load_recipe, run_recipe
+from prunelab.app.steps import load_splits
 
 RECIPE = """
 name = "tiny"

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..models import VGG
-from ..pruning import fine_grained_mask
-from ..train import TrainConfig, lr_factor, make_optimizer
+from ...models import VGG
+from ...pruning import fine_grained_mask
+from ...train import TrainConfig, lr_factor, make_optimizer
 
 BASELINE_BATCH = 256
 PAD = 4
@@ -144,7 +144,7 @@ def baseline_scan(
 
 def baseline_study(rec: dict[str, Any], data_dir: Any, cache: Any) -> dict[str, Any]:
     """The recipe's steps with baseline mechanics (fp32, NCHW, per-sample data, full scan)."""
-    from ..tasks import recipe_splits
+    from ..steps import recipe_splits
 
     sp = recipe_splits(rec, data_dir, cache)
     val = (sp.val_x, sp.val_y) if len(sp.val_x) else None

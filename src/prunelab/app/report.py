@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .fileio import atomic_path, write_text  # noqa: E402
+from ..fileio import atomic_path, write_text  # noqa: E402
 
 # The seed study's published numbers (pretrained VGG, official CIFAR-10 test set).
 PUBLISHED = {

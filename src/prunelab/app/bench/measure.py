@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pruning import sparsity_report
+from ...pruning import sparsity_report
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from .errors import PrunelabError, RecipeError
-from .fileio import write_json
-from .train import TrainConfig
+from ..errors import PrunelabError, RecipeError
+from ..fileio import write_json
+from ..train import TrainConfig
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 TOP_KEYS = {

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .data import load_cifar10, split_validation, subset
-from .errors import PrunelabError
-from .models import VGG, save_checkpoint
-from .pruning import Pruner, sparsity_report
-from .train import FitResult, TrainConfig, evaluate, fit
+from .. import __version__
+from ..data import load_cifar10, split_validation, subset
+from ..errors import PrunelabError
+from ..models import VGG, save_checkpoint
+from ..pruning import Pruner, sparsity_report
+from ..train import FitResult, TrainConfig, evaluate, fit
 
 
 @dataclass

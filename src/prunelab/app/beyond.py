@@ -18,18 +18,18 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from .errors import PrunelabError
-from .export import export_compressed, format_size_table, size_table
-from .fileio import atomic_path, write_json, write_text
-from .gradual import GradualPruner
-from .models import VGG, load_model, save_checkpoint
-from .plan import global_plan, sensitivity_plan, uniform_plan
-from .pruning import Pruner, sparsity_report
+from ..errors import PrunelabError
+from ..export import export_compressed, format_size_table, size_table
+from ..fileio import atomic_path, write_json, write_text
+from ..gradual import GradualPruner
+from ..models import VGG, load_model, save_checkpoint
+from ..plan import global_plan, sensitivity_plan, uniform_plan
+from ..pruning import Pruner, sparsity_report
+from ..sensitivity import plot_sensitivity, sensitivity_scan, write_scan
 from .recipes import _expect, _is_num, _sparsities, train_config
 from .report import PUBLISHED
-from .sensitivity import plot_sensitivity, sensitivity_scan, write_scan
+from .steps import Splits, data_record, environment, finetune, recipe_splits, state_path_for
 from .study import Study, _light, tag
-from .tasks import Splits, data_record, environment, finetune, recipe_splits, state_path_for
 
 METHODS = {
     "uniform": "uniform one-shot",

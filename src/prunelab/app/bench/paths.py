@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..fold import fold_batchnorm
-from ..sensitivity import sensitivity_scan
-from ..train import TrainConfig, fit, predict
+from ...fold import fold_batchnorm
+from ...sensitivity import sensitivity_scan
+from ...train import TrainConfig, fit, predict
 from .baseline import (
     BASELINE_BATCH,
     baseline_model,

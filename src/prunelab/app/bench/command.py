@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cli import Parser, at_least_one, positive, sparsity_list
-from ..errors import PrunelabError
-from ..fileio import ensure_writable, write_json
-from ..fold import fold_batchnorm
-from ..models import VGG
-from ..train import TrainConfig, fit, predict
+from ...errors import PrunelabError
+from ...fileio import ensure_writable, write_json
+from ...fold import fold_batchnorm
+from ...models import VGG
+from ...train import TrainConfig, fit, predict
+from ..argtypes import Parser, at_least_one, positive, sparsity_list
 from .figure import plot_rows
 from .measure import (
     Row,
@@ -106,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..data import subset
+    from ...data import subset
 
     return subset(x, y, min(n, len(x)), seed=0)
 
@@ -126,11 +126,11 @@ def run(args: argparse.Namespace, out: Any = None) -> dict[str, Any]:
     for path in (args.json, args.plot):  # refuse an unwritable output before minutes of work
         if path:
             ensure_writable(Path(path))
-    from ..data import load_cifar10
+    from ...data import load_cifar10
 
     data = load_cifar10(args.data_dir, cache=args.cache_dir, download=False)
     if args.checkpoint:
-        from ..models import load_model
+        from ...models import load_model
 
         model = load_model(args.checkpoint, args.cache_dir)[0].eval()
         width = model.width

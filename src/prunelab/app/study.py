@@ -12,19 +12,20 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .errors import PrunelabError
-from .fileio import write_json
-from .models import VGG, load_model, save_checkpoint
-from .pruning import Pruner, sparsity_report
-from .report import PUBLISHED, plot_confusion_grid, plot_curves, write_report
-from .sensitivity import (
+from ..errors import PrunelabError
+from ..fileio import write_json
+from ..models import VGG, load_model, save_checkpoint
+from ..pruning import Pruner, sparsity_report
+from ..sensitivity import (
     plot_layer_params,
     plot_sensitivity,
     plot_weight_histograms,
     sensitivity_scan,
     write_scan,
 )
-from .tasks import (
+from ..train import evaluate
+from .report import PUBLISHED, plot_confusion_grid, plot_curves, write_report
+from .steps import (
     Splits,
     data_record,
     environment,
@@ -34,7 +35,6 @@ from .tasks import (
     summarize,
     train_dense,
 )
-from .train import evaluate
 
 
 def tag(s: float) -> str:
