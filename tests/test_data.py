@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab import data
 from prunelab.data import (
     ARCHIVE,
     BATCH_DIR,
     CLASSES,
     TRAIN_BATCHES,
     augment,
+    cifar,
+    decode,
     load_cifar10,
     split_validation,
     subset,
@@ -144,7 +145,7 @@ def test_missing_batch_file(tmp_path):
 def test_md5_mismatch_leaves_nothing_in_cache(tmp_path, monkeypatch):
     bogus = tmp_path / "bogus.tar.gz"
     bogus.write_bytes(b"not the CIFAR-10 archive")
-    monkeypatch.setattr(data, "URL", bogus.as_uri())
+    monkeypatch.setattr(cifar, "URL", bogus.as_uri())
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="md5 mismatch"):
         load_cifar10(None, cache=cache)
@@ -215,7 +216,7 @@ def test_png_tree_round_trips_exactly(tmp_path):
     assert d.classes == CLASSES
 
 
-def _no_decoding(paths):
+def _no_decoding(self, paths):
     raise AssertionError("decoded images although a valid cache exists")
 
 
@@ -228,7 +229,7 @@ def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     first = load_cifar10(tmp_path / "tree", cache=tmp_path / "cache")
     files = cache_files(tmp_path / "cache")
     assert len(files) == 1 and files[0].parent == tmp_path / "cache" / "data"  # no temp left
-    monkeypatch.setattr(data, "_decode_images", _no_decoding)
+    monkeypatch.setattr(decode.Decoder, "files", _no_decoding)
     second = load_cifar10(tmp_path / "tree", cache=tmp_path / "cache")
     assert "decoded copy" in second.source and "decoded copy" not in first.source
     for key in ("train_x", "train_y", "test_x", "test_y"):
@@ -274,7 +275,11 @@ def test_unreadable_image_is_named_and_nothing_cached(tmp_path):
 def test_wrong_class_names(tmp_path):
     write_tree(tmp_path / "tree")
     (tmp_path / "tree/test/cat").rename(tmp_path / "tree/test/kitten")
-    with pytest.raises(DataError, match=r"test: found class folders \[.*'kitten'.*expected \["):
+    msg = r"differ between train/ and test/ \(only in train: \[cat\]; only in test: \[kitten\]\)"
+    with pytest.raises(DataError, match=msg):
+        load_cifar10(tmp_path / "tree", cache=tmp_path / "cache")
+    (tmp_path / "tree/train/cat").rename(tmp_path / "tree/train/kitten")
+    with pytest.raises(DataError, match=r"train: found class folders \[.*kitten.*expected \["):
         load_cifar10(tmp_path / "tree", cache=tmp_path / "cache")
 
 
@@ -282,7 +287,9 @@ def test_wrong_image_size_is_named(tmp_path):
     write_tree(tmp_path / "tree")
     bad = tmp_path / "tree/train/ship/a.png"
     Image.fromarray(np.zeros((32, 31, 3), np.uint8)).save(bad)
-    with pytest.raises(DataError, match=f"{re.escape(str(bad))}: image is 31x32, expected 32x32"):
+    first = tmp_path / "tree/train/airplane/a.png"
+    msg = f"{re.escape(str(bad))}: image is 31x32 but {re.escape(str(first))} is 32x32"
+    with pytest.raises(DataError, match=msg):
         load_cifar10(tmp_path / "tree", cache=tmp_path / "cache")
     assert cache_files(tmp_path / "cache") == []
 
@@ -300,7 +307,7 @@ def test_real_tree_shapes_and_balance(cifar):
 
 
 def test_real_tree_cached_load(cifar, jpeg_root, cifar_cache, monkeypatch):
-    monkeypatch.setattr(data, "_decode_images", _no_decoding)
+    monkeypatch.setattr(decode.Decoder, "files", _no_decoding)
     again = load_cifar10(jpeg_root, cache=cifar_cache)
     assert "decoded copy" in again.source
     assert again.fingerprint() == cifar.fingerprint()
