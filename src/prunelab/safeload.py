@@ -7,9 +7,12 @@ A file that needs arbitrary unpickling is refused by name, saying what it holds.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from typing import Any
 
 import torch
@@ -19,11 +22,40 @@ from .errors import CheckpointError
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def _what_needs_unpickling(message: str) -> str:
+_MODULE_PREFIXES = ("torch.nn.modules.", "torch.nn.parallel.")
+_MAX_PICKLE = 64 << 20
+
+
+def pickle_globals(path: str | os.PathLike) -> list[str]:
+    """The dotted names a torch zip file's pickle refers to, read by parsing, never running it.
+
+    Empty when the file is not a torch zip archive or its pickle cannot be parsed.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entry = next((i for i in archive.infolist() if i.filename.endswith("/data.pkl")), None)
+            if entry is None or entry.file_size > _MAX_PICKLE:
+                return []
+            data = archive.read(entry)
+        names, texts = [], []
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(texts) >= 2:
+                names.append(f"{texts[-2]}.{texts[-1]}")
+            elif isinstance(arg, str):
+                texts.append(arg)
+        return names
+    except Exception:  # a damaged archive: torch's own message says so
+        return []
+
+
+def _what_needs_unpickling(message: str, path: str | os.PathLike | None = None) -> str:
     """Describe, from torch's refusal, the object a file would have had to unpickle."""
     found = _GLOBAL.search(message)
     name = found.group(1) if found else "an object"
-    if name.startswith("torch.nn.modules.") or name.startswith("torch.nn.parallel."):
+    found_all = pickle_globals(path) if path is not None else []
+    if name.startswith(_MODULE_PREFIXES) or any(g.startswith(_MODULE_PREFIXES) for g in found_all):
         return f"a pickled nn.Module ({name}): save model.state_dict() instead"
     if name.startswith("torch.optim."):
         return f"a pickled optimizer ({name}): save optimizer.state_dict() instead"
@@ -40,7 +72,7 @@ def load_tensors(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     except pickle.UnpicklingError as e:
         text = str(e)
         if "GLOBAL" in text or "Unsupported" in text:
-            raise CheckpointError(f"{what} {path} is {_what_needs_unpickling(text)}") from e
+            raise CheckpointError(f"{what} {path} is {_what_needs_unpickling(text, path)}") from e
         raise CheckpointError(f"{what} {path} is truncated or corrupt (UnpicklingError)") from e
     except Exception as e:  # torch raises many different types for a damaged file
         raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(e).__name__})") from e
