@@ -20,6 +20,7 @@ from prunelab.export import (
     export_compressed,
     format_size_table,
     load_compressed,
+    read_compressed,
     size_table,
 )
 from prunelab.models import VGG, save_checkpoint
@@ -149,3 +150,61 @@ def test_cli_export_prints_size_table(pruned, capsys, tmp_path):
     assert code == 0
     assert "| dense checkpoint file |" in out and "x.plz" in out and "theoretical" in out
     assert load_compressed(tmp_path / "x.plz") is not None
+
+
+def test_arch_record_rebuilds_registry_network(tmp_path):
+    build = pytest.importorskip("prunelab.models").build_model
+    from prunelab.models import arch_of, input_shape_of
+
+    torch.manual_seed(0)
+    model = build("resnet20", {"width": 0.25, "num_classes": 7}, input_shape=[3, 40, 40]).eval()
+    Pruner(model, 0.6, scope="all").apply()
+    info = export_compressed(model, tmp_path / "r.plz", arch=arch_of(model))
+    assert info["arch"] == arch_of(model) and info["model"] == "CifarResNet"
+    loaded = load_compressed(tmp_path / "r.plz")
+    x = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert input_shape_of(loaded) == (3, 40, 40)
+
+
+def test_files_that_cannot_be_rebuilt_ask_for_a_model(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2))
+    export_compressed(net, tmp_path / "plain.plz")
+    with pytest.raises(CheckpointError, match="without an architecture record: pass the model"):
+        load_compressed(tmp_path / "plain.plz")
+    arch = {"model": "mypkg.nets:tiny", "kwargs": {}}
+    export_compressed(net, tmp_path / "user.plz", arch=arch)
+    with pytest.raises(CheckpointError, match="never imports code named inside a file"):
+        load_compressed(tmp_path / "user.plz")
+    assert read_compressed(tmp_path / "user.plz")[1]["arch"] == arch
+    other = nn.Sequential(nn.Conv2d(3, 5, 3), nn.Flatten(), nn.Linear(180, 2))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_compressed(tmp_path / "plain.plz", other)
+    with pytest.raises(CheckpointError, match="plain JSON"):
+        export_compressed(net, tmp_path / "bad.plz", arch={"model": torch.ones(1)})
+
+
+def test_tied_weights_stored_once_and_float64_exact(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(30, 30), nn.ReLU(), nn.Linear(30, 30)).double()
+    net[2].weight = net[0].weight
+    Pruner(net, 0.5, scope="all").apply()
+    info = export_compressed(net, tmp_path / "t.plz")
+    assert {"name": "2.weight", "alias": "0.weight"} in info["tensors"]
+    fresh = nn.Sequential(nn.Linear(30, 30), nn.ReLU(), nn.Linear(30, 30)).double()
+    fresh[2].weight = fresh[0].weight
+    loaded = load_compressed(tmp_path / "t.plz", fresh)
+    x = torch.rand(3, 30, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    assert loaded[2].weight is loaded[0].weight
+
+
+def test_gray_vgg_rebuilds_without_arch(tmp_path):
+    model = VGG(0.125, in_channels=1).eval()
+    export_compressed(model, tmp_path / "g.plz")
+    loaded = load_compressed(tmp_path / "g.plz")
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))

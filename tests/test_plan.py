@@ -212,3 +212,37 @@ def test_cli_plan_errors_are_one_line(files, capsys, extra, expected):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert expected in err
     assert not out_path.exists()
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.a = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b.weight = self.a.weight
+        self.head = torch.nn.Conv2d(8, 4, 1, bias=False)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(self.stem(x)))).mean(dim=(2, 3))
+
+
+def test_plans_on_shared_weights_name_each_weight_once():
+    torch.manual_seed(0)
+    net = _Tied()
+    layers = prunable_layers(net, "conv")
+    acc = {"stem": [0.5, 0.4], "a": [0.8, 0.7], "b": [0.1, 0.0], "head": [0.7, 0.6]}
+    scan = {
+        "dense_accuracy": 0.8,
+        "sparsities": [0.5, 0.9],
+        "layers": {n: {"params": m.weight.numel(), "accuracy": acc[n]} for n, m in layers.items()},
+    }
+    plan = sensitivity_plan(scan, net, 0.5, caps={"b": 0.9}, first_last_cap=None)
+    assert list(plan["plan"]) == ["stem.weight", "a.weight", "head.weight"]
+    assert plan["caps"]["a.weight"] == 0.9  # the cap given for the alias lands on the weight
+    total = 216 + 576 + 32
+    assert plan["achieved_overall"] == round(0.5 * total) / total
+    assert plan["plan"]["a.weight"] > plan["plan"]["stem.weight"]  # 'a' is the cheap one
+    assert "| a | 576 |" in format_plan_table(plan, net)
+    glob = global_plan(net, 0.5, cap=0.8, scan=scan)
+    assert set(glob["plan"]) == set(plan["plan"]) == set(glob["scan_drop_per_layer"])

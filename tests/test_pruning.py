@@ -268,3 +268,48 @@ def test_pruner_on_vgg_and_report_no_warnings():
         warnings.simplefilter("error")
         report = pruner.report()
     assert len(report) == 8 and all(r["matches_target"] for r in report.values())
+
+
+def test_linear_scope_and_scope_names_in_error():
+    net = small_net()
+    assert list(prunable_layers(net, "linear")) == ["5"]
+    with pytest.raises(PlanError) as e:
+        prunable_layers(net, "dense")
+    assert "conv, all, linear" in str(e.value) and "ConvTranspose1d/2d/3d" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("masks", "expected"),
+    [
+        ([torch.ones(4, 3, 3, 3, dtype=torch.bool)], "must be a dict"),
+        ({"0.weight": [[1, 0]]}, "'0.weight' is a list, expected a bool tensor of shape"),
+        ({"0.weight": torch.ones(3, 3)}, "'0.weight' has shape"),
+        ({"0.weight": torch.full((4, 3, 3, 3), 0.5)}, "values other than 0 and 1"),
+        ({"9.weight": torch.ones(2)}, "'9.weight' names no parameter"),
+        ({3: torch.ones(2)}, "mask 3 names no parameter"),
+    ],
+)
+def test_from_masks_refuses_bad_masks_in_one_line(masks, expected):
+    with pytest.raises(PlanError) as e:
+        Pruner.from_masks(small_net(), masks)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_from_masks_accepts_numeric_zero_one_masks():
+    net = small_net()
+    m = (torch.arange(4 * 3 * 3 * 3).reshape(4, 3, 3, 3) % 2).float()
+    p = Pruner.from_masks(net, {"0.weight": m})
+    p.apply()
+    assert p.masks["0.weight"].dtype == torch.bool and int((net[0].weight == 0).sum()) == 54
+
+
+def test_global_cap_is_a_maximum_even_on_tiny_layers():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(40, 5), nn.Linear(5, 2))  # the second has 10 weights
+    with torch.no_grad():
+        net[1].weight.mul_(1e-3)  # the threshold would take all of it
+    plan = resolve_plan(net, {"global": 0.5, "max_layer_sparsity": 0.95}, scope="linear")
+    assert plan["1.weight"] == 0.9  # floor(9.5) = 9 of 10, never all of them
+    assert plan["0.weight"] <= 0.95
+    capped = resolve_plan(net, {"global": 0.5, "max_layer_sparsity": 0.86}, scope="linear")
+    assert capped["1.weight"] == 0.8  # round(8.6) would exceed the cap

@@ -10,9 +10,11 @@ smaller. Here each floating-point tensor is stored in whichever encoding is smal
   each meaning "skip that many more zeros") before the remainder, so any gap fits.
 
 File layout: b"PLZ1", uint32 header length, uint32 CRC-32 of the header, the header (JSON:
-width, num_classes, and per tensor its name, shape, dtype, encoding and byte sections),
-then the payload, whose length and CRC-32 the header holds. A truncated or damaged file is
-refused by name instead of loading wrong weights.
+the model's class name, for the study's VGG its width and num_classes, optionally the
+caller's architecture record `arch`, and per tensor its name, shape, dtype, encoding and
+byte sections, or the earlier name it shares storage with), then the payload, whose length
+and CRC-32 the header holds. A truncated or damaged file is refused by name instead of
+loading wrong weights.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from . import models
+from .accounting import sparsity_report
+from .errors import CheckpointError, PrunelabError
 from .fileio import atomic_path
 from .models import VGG, check_fits, read_checkpoint
-from .pruning import sparsity_report
 
 MAGIC = b"PLZ1"
 FORMAT = "prunelab-compressed"
@@ -66,8 +69,9 @@ def _encode_tensor(t: torch.Tensor, fp16: bool) -> tuple[str, list[np.ndarray], 
     """(encoding, arrays, value dtype) of the smallest encoding of one tensor."""
     if not t.is_floating_point():
         return "raw", [t.numpy()], str(t.numpy().dtype)
-    vdtype = np.float16 if fp16 else np.float32
-    flat = t.detach().float().flatten().numpy()
+    vdtype = np.float16 if fp16 else np.float64 if t.dtype == torch.float64 else np.float32
+    flat = t.detach().to(torch.float64 if vdtype == np.float64 else torch.float32)
+    flat = flat.flatten().numpy()
     options: list[tuple[str, list[np.ndarray]]] = [("raw", [flat.astype(vdtype)])]
     nonzero = flat != 0  # -0.0 counts as zero: it is what masking a negative weight leaves
     if not nonzero.all():
@@ -80,14 +84,41 @@ def _encode_tensor(t: torch.Tensor, fp16: bool) -> tuple[str, list[np.ndarray], 
     return enc, arrays, np.dtype(vdtype).name
 
 
-def encode(model: nn.Module, fp16: bool = False) -> tuple[bytes, dict[str, Any]]:
-    """The exported file's bytes and its header (a VGG with `width` and `num_classes`)."""
-    if not hasattr(model, "width") or not hasattr(model, "num_classes"):
+def _plain_arch(arch: Any) -> Any:
+    """`arch` as it will read back from the header's JSON, or CheckpointError."""
+    try:
+        return json.loads(json.dumps(arch, allow_nan=False))
+    except (TypeError, ValueError) as e:
         raise CheckpointError(
-            f"export needs a prunelab VGG (width, num_classes), got {type(model).__name__}"
-        )
+            f"arch must hold only plain JSON values (dicts, lists, text, finite numbers): {e}"
+        ) from None
+
+
+def _storage_key(t: torch.Tensor) -> tuple[Any, ...] | None:
+    """Identity of the values a state-dict entry holds (shared weights give the same key)."""
+    if t.numel() == 0:
+        return None
+    return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+
+
+def encode(model: nn.Module, fp16: bool = False, arch: Any = None) -> tuple[bytes, dict[str, Any]]:
+    """The exported file's bytes and its header, for any nn.Module.
+
+    The study's VGG also records width and num_classes (and in_channels when not 3) so the
+    file rebuilds without an `arch`; `arch` (any plain-JSON value, stored as given) is the
+    caller's architecture record. A state-dict entry sharing storage with an earlier one (a
+    tied weight) is stored once and recorded as an alias.
+    """
+    plain_arch = None if arch is None else _plain_arch(arch)
     tensors, chunks, offset = [], [], 0
+    seen: dict[tuple[Any, ...], str] = {}
     for name, t in model.state_dict().items():
+        key = _storage_key(t)
+        if key is not None and key in seen:
+            tensors.append({"name": name, "alias": seen[key]})
+            continue
+        if key is not None:
+            seen[key] = name
         t = t.detach().cpu().contiguous()
         enc, arrays, vdtype = _encode_tensor(t, fp16)
         sections = []
@@ -109,12 +140,18 @@ def encode(model: nn.Module, fp16: bool = False) -> tuple[bytes, dict[str, Any]]
             }
         )
     payload = b"".join(chunks)
-    header = {
-        "format": FORMAT,
-        "version": 1,
-        "model": "VGG",
-        "width": float(model.width),
-        "num_classes": int(model.num_classes),
+    header: dict[str, Any] = {"format": FORMAT, "version": 1}
+    if isinstance(model, VGG):
+        header |= {"model": "VGG", "width": float(model.width)}
+        header["num_classes"] = int(model.num_classes)
+        in_channels = model.backbone.conv0.in_channels
+        if in_channels != 3:
+            header["in_channels"] = int(in_channels)
+    else:
+        header["model"] = type(model).__name__
+    if plain_arch is not None:
+        header["arch"] = plain_arch
+    header |= {
         "fp16": fp16,
         "tensors": tensors,
         "payload_bytes": len(payload),
@@ -125,14 +162,16 @@ def encode(model: nn.Module, fp16: bool = False) -> tuple[bytes, dict[str, Any]]
 
 
 def export_compressed(
-    model: nn.Module, path: str | os.PathLike, fp16: bool = False
+    model: nn.Module, path: str | os.PathLike, fp16: bool = False, arch: Any = None
 ) -> dict[str, Any]:
     """Write `model` (pruned weights as zeros) in the compact format, atomically.
 
     Returns the header plus `bytes`, the file's size. fp16 halves the values (lossy);
-    fp32 reproduces the masked model's outputs exactly.
+    fp32 reproduces the masked model's outputs exactly. `arch`: the model's architecture
+    record (plain JSON, e.g. `prunelab.models.arch_of(model)`), stored so `load_compressed`
+    can rebuild the network without being handed one.
     """
-    data, header = encode(model, fp16)
+    data, header = encode(model, fp16, arch)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -171,7 +210,9 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {header.get('format')!r}")
     try:
-        state = {t["name"]: _decode_tensor(t, payload) for t in header["tensors"]}
+        state: dict[str, torch.Tensor] = {}
+        for t in header["tensors"]:
+            state[t["name"]] = state[t["alias"]] if "alias" in t else _decode_tensor(t, payload)
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise _fail(path, f"{type(e).__name__}: {e}") from None
     return state, header
@@ -201,23 +242,73 @@ def _decode_tensor(t: dict[str, Any], payload: bytes) -> torch.Tensor:
             raise ValueError(f"{t['name']}: unknown encoding {t['encoding']!r}")
         if len(pos) != len(values) or (len(pos) and pos[-1] >= numel):
             raise ValueError(f"{t['name']}: index and values disagree")
-        flat = np.zeros(numel, dtype=np.float32)
+        flat = np.zeros(numel, dtype=np.result_type(values.dtype, np.float32))
         flat[pos] = values
     if flat.size != numel:
         raise ValueError(f"{t['name']}: {flat.size} values for shape {t['shape']}")
     return torch.from_numpy(flat.reshape(t["shape"])).to(dtype)
 
 
-def load_compressed(path: str | os.PathLike) -> VGG:
-    """Rebuild the VGG an exported file holds (pruned weights are exact zeros), in eval mode."""
-    state, header = read_compressed(path)
+def _from_arch(path: Path, arch: Any) -> nn.Module:
+    """Rebuild a registry network from the file's arch record; never imports code it names."""
+    build = getattr(models, "build_model", None)
+    spec = arch.get("model") if isinstance(arch, dict) else None
+    kwargs = arch.get("kwargs", {}) if isinstance(arch, dict) else None
+    if build is None:
+        raise CheckpointError(
+            f"compressed model {path} holds a {spec or 'custom'} network that this prunelab "
+            "cannot rebuild: pass the model to load it into (load_compressed(path, model))"
+        )
+    if not isinstance(spec, str) or not isinstance(kwargs, dict):
+        raise _fail(path, "its arch record has no 'model' name and 'kwargs' dict")
+    if ":" in spec:
+        raise CheckpointError(
+            f"compressed model {path} was made from {spec}; build that model and pass it "
+            "(prunelab never imports code named inside a file)"
+        )
     try:
-        model = VGG(width=float(header["width"]), num_classes=int(header["num_classes"]))
+        model = build(spec, kwargs)
+    except PrunelabError as e:  # models.ModelError: unknown name, bad kwargs
+        raise CheckpointError(f"compressed model {path}: {e}") from None
+    if hasattr(model, "prunelab_arch"):
+        model.prunelab_arch = arch  # the file's record: input shape, normalization
+    apply = getattr(models, "apply_channel_record", None)
+    if apply is not None and arch.get("channels") is not None:
+        model = apply(model, arch["channels"], f"compressed model {path}")
+    return model
+
+
+def _from_header(path: Path, header: dict[str, Any]) -> nn.Module:
+    """The network a file without a model describes: its arch record, else the study VGG."""
+    if header.get("arch") is not None:
+        return _from_arch(path, header["arch"])
+    if header.get("model") != "VGG":
+        raise CheckpointError(
+            f"compressed model {path} holds a {header.get('model')} without an architecture "
+            "record: pass the model to load it into (load_compressed(path, model))"
+        )
+    try:
+        return VGG(
+            width=float(header["width"]),
+            num_classes=int(header["num_classes"]),
+            in_channels=int(header.get("in_channels", 3)),
+        )
     except (KeyError, ValueError, TypeError) as e:
-        raise _fail(Path(path), f"bad model description: {e}") from None
-    check_fits(model, state, str(path))
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+        raise _fail(path, f"bad model description: {e}") from None
+
+
+def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Load an exported file into `model` (pruned weights are exact zeros), in eval mode.
+
+    Without `model`: a file with an arch record is rebuilt through
+    `prunelab.models.build_model` (registry networks only; user code is never imported from
+    a file's say-so), a file without one as the study's VGG.
+    """
+    state, header = read_compressed(path)
+    net = _from_header(Path(path), header) if model is None else model
+    check_fits(net, state, f"compressed model {path}")
+    net.load_state_dict(state, strict=True)
+    return net.eval()
 
 
 def _torch_bytes(state: dict[str, torch.Tensor]) -> bytes:
@@ -231,20 +322,23 @@ def size_table(
     pruned_ckpt_path: str | os.PathLike,
     exported_path: str | os.PathLike,
     model: nn.Module,
+    scope: str = "conv",
+    input_shape: Any = None,
 ) -> dict[str, Any]:
     """Sizes of one pruned model stored different ways, each against the dense checkpoint.
 
     `model` is the pruned model (the fp16 or fp32 variant the file is not is encoded in
     memory). Without a dense checkpoint, the plain state dict (same size: torch stores
-    zeros like any value) is the reference. Also gives MACs dense vs. zero-skipping.
+    zeros like any value) is the reference. Also gives MACs dense vs. zero-skipping (per
+    input of `input_shape`, default the model's own) and the sparsity of `scope`.
     """
     exported_path = Path(exported_path)
     _, header = read_compressed(exported_path)
     plain = _torch_bytes(read_checkpoint(pruned_ckpt_path)["state_dict"])
-    rep = sparsity_report(model)
+    rep = sparsity_report(model, scope=scope, input_shape=input_shape)
     nonzero_params = round(rep["model_params"] * (1 - rep["model_sparsity_all_params"]))
     other_fp16 = not header["fp16"]
-    other = len(encode(model, fp16=other_fp16)[0])
+    other = len(encode(model, fp16=other_fp16, arch=header.get("arch"))[0])
     rows = [
         (
             "dense",
@@ -290,6 +384,7 @@ def size_table(
             for k, w, b in rows
         ],
         "sparsity": rep["prunable_sparsity"],
+        "scope": scope,
         "macs_dense": rep["macs_dense"],
         "macs_sparse": rep["macs_sparse"],
         "encodings": encodings,
@@ -307,10 +402,14 @@ def format_size_table(table: dict[str, Any]) -> str:
     enc = ", ".join(f"{k}: {v}" for k, v in sorted(table["encodings"].items()))
     lines += [
         "",
-        f"- conv-weight sparsity {table['sparsity']:.4f}; tensor encodings in the export: {enc}",
-        f"- MACs per image: {table['macs_dense'] / 1e6:.2f}M dense, "
-        f"{table['macs_sparse'] / 1e6:.2f}M if zeros were skipped. The saving in MACs is "
-        "theoretical: PyTorch's dense kernels multiply the zeros too; only sparse kernels or "
-        "hardware would skip them. The file sizes above are real.",
+        f"- {table.get('scope', 'conv')}-weight sparsity {table['sparsity']:.4f}; tensor "
+        f"encodings in the export: {enc}",
     ]
+    if table["macs_dense"] is not None:
+        lines.append(
+            f"- MACs per image: {table['macs_dense'] / 1e6:.2f}M dense, "
+            f"{table['macs_sparse'] / 1e6:.2f}M if zeros were skipped. The saving in MACs is "
+            "theoretical: PyTorch's dense kernels multiply the zeros too; only sparse kernels "
+            "or hardware would skip them. The file sizes above are real."
+        )
     return "\n".join(lines) + "\n"

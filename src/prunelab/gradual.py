@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .errors import PlanError
-from .pruning import Pruner, check_sparsity, fine_grained_mask, resolve_plan
+from .masks import check_sparsity, fine_grained_mask
+from .pruner import Pruner, resolve_plan
 
 
 def sparsity_at(step: int, s_i: float, s_f: float, t0: int, T: int, every: int) -> float:

@@ -13,7 +13,9 @@ import numpy as np
 from torch import nn
 
 from .errors import PlanError
-from .pruning import _layers_or_raise, check_sparsity, resolve_plan
+from .masks import check_sparsity
+from .pruner import resolve_plan
+from .scopes import PrunableWeight, name_index, prunable_weights
 
 STEP = 0.01  # granularity of the greedy search, as a fraction of each layer
 _TIE = 1e-12  # slopes closer than this are equal (float noise along one linear segment)
@@ -29,8 +31,9 @@ def _check(value: Any, what: str, upper_open: bool = False) -> float:
     return v
 
 
-def _layer_name(name: str) -> str:
-    return name.removesuffix(".weight")
+def _layer_of(weights: dict[str, PrunableWeight]) -> dict[str, str]:
+    """{parameter name: the layer whose scan curve stands for it (the first using it)}."""
+    return {n: w.layer for n, w in weights.items()}
 
 
 def _drop_curve(scan: dict[str, Any], layer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -58,30 +61,35 @@ def _interp(xs: np.ndarray, ds: np.ndarray, s: np.ndarray | float) -> np.ndarray
 
 
 def _resolve_caps(
-    layers: dict[str, nn.Module],
+    weights: dict[str, PrunableWeight],
     caps: dict[str, float] | None,
     default_cap: float,
     first_last_cap: float | None,
 ) -> dict[str, float]:
-    """{layer: cap}: default, first/last layer cap, then the user's caps (validated)."""
-    names = list(layers)
+    """{parameter name: cap}: default, first/last weight cap, then the user's caps (validated;
+    keyed by layer, layer.weight or parameter name)."""
+    names = list(weights)
     out = {n: _check(default_cap, "default_cap", upper_open=True) for n in names}
     if first_last_cap is not None:
         c = _check(first_last_cap, "first_last_cap", upper_open=True)
         for n in {names[0], names[-1]}:
             out[n] = min(out[n], c)
-    unknown = [k for k in (caps or {}) if _layer_name(k) not in layers]
+    if caps is not None and not isinstance(caps, dict):
+        raise PlanError(f"caps must be a dict {{layer: cap}}, got {type(caps).__name__}")
+    index = name_index(weights)
+    unknown = [k for k in (caps or {}) if k not in index]
     if unknown:
+        layers = [layer for w in weights.values() for layer in w.layers]
         raise PlanError(
             f"unknown layer(s) {', '.join(map(repr, unknown))} in caps; valid layers: "
-            f"{', '.join(names)}"
+            f"{', '.join(layers)}"
         )
     for k, v in (caps or {}).items():
-        out[_layer_name(k)] = _check(v, f"cap of {k!r}", upper_open=True)
+        out[index[k]] = _check(v, f"cap of {k!r}", upper_open=True)
     return out
 
 
-def _check_scan(scan: Any, layers: dict[str, nn.Module], scope: str) -> None:
+def _check_scan(scan: Any, weights: dict[str, PrunableWeight], scope: str) -> None:
     """Refuse a scan that is malformed, misses layers of the scope, or fits another model."""
     try:
         ok = (
@@ -96,18 +104,20 @@ def _check_scan(scan: Any, layers: dict[str, nn.Module], scope: str) -> None:
             "not a sensitivity scan: expected {dense_accuracy, sparsities, layers} "
             "(the JSON written by `prunelab sensitivity`)"
         )
-    missing = [n for n in layers if n not in scan["layers"]]
+    missing = [w.layer for w in weights.values() if w.layer not in scan["layers"]]
     if missing:
         raise PlanError(
             f"the scan has no curve for {', '.join(missing)} (scope {scope!r}); "
             f"rerun the scan with --scope {scope}"
         )
-    for n, m in layers.items():
-        r = scan["layers"][n]
-        if int(r.get("params", m.weight.numel())) != m.weight.numel():
+    for w in weights.values():
+        n, r = w.layer, scan["layers"][w.layer]
+        if not isinstance(r, dict):
+            raise PlanError(f"the scan's {n} is a {type(r).__name__}, expected a dict")
+        if int(r.get("params", w.numel)) != w.numel:
             raise PlanError(
                 f"the scan's {n} has {r['params']} weights but the model's has "
-                f"{m.weight.numel()}: the scan was made on another model"
+                f"{w.numel}: the scan was made on another model"
             )
         if len(r.get("accuracy", [])) != len(scan["sparsities"]):
             raise PlanError(
@@ -116,17 +126,22 @@ def _check_scan(scan: Any, layers: dict[str, nn.Module], scope: str) -> None:
             )
 
 
-def _overall(plan: dict[str, float], layers: dict[str, nn.Module]) -> float:
-    """The study's overall sparsity of a plan: sum(round(n_i * s_i)) / sum(n_i)."""
-    n = {f"{k}.weight": m.weight.numel() for k, m in layers.items()}
+def _overall(plan: dict[str, float], weights: dict[str, PrunableWeight]) -> float:
+    """The study's overall sparsity of a plan: sum(round(n_i * s_i)) / sum(n_i), each
+    distinct weight of the scope once."""
+    n = {k: w.numel for k, w in weights.items()}
     return sum(round(n[p] * s) for p, s in plan.items()) / sum(n.values())
 
 
-def layer_drops(scan: dict[str, Any], plan: dict[str, float]) -> dict[str, float]:
-    """Each layer's accuracy drop in the scan at its planned sparsity (that layer alone pruned)."""
+def layer_drops(
+    scan: dict[str, Any], plan: dict[str, float], layers: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Each weight's accuracy drop in the scan at its planned sparsity (that layer alone
+    pruned). `layers` maps parameter names to scan layer names (default: the name without
+    '.weight')."""
     out = {}
     for p, s in plan.items():
-        layer = _layer_name(p)
+        layer = (layers or {}).get(p, p.removesuffix(".weight"))
         if layer in scan["layers"]:
             xs, ds = _drop_curve(scan, layer)
             out[p] = float(_interp(xs, ds, s))
@@ -163,16 +178,17 @@ def sensitivity_plan(
         isinstance(max_drop, int | float) and math.isfinite(max_drop) and max_drop >= 0
     ):
         raise PlanError(f"max_drop must be a number >= 0, got {max_drop!r}")
-    layers = _layers_or_raise(model, scope)
-    cap = _resolve_caps(layers, caps, default_cap, first_last_cap)
-    _check_scan(scan, layers, scope)
-    names = list(layers)
-    numel = {n: layers[n].weight.numel() for n in names}
+    weights = prunable_weights(model, scope)
+    cap = _resolve_caps(weights, caps, default_cap, first_last_cap)
+    _check_scan(scan, weights, scope)
+    layer_of = _layer_of(weights)
+    names = list(weights)
+    numel = {n: weights[n].numel for n in names}
     total = sum(numel.values())
     need = round(target * total)
     grids, drops, curves = {}, {}, {}
     for n in names:
-        xs, ds = curves[n] = _drop_curve(scan, n)
+        xs, ds = curves[n] = _drop_curve(scan, layer_of[n])
         hi = min(math.floor(cap[n] * numel[n] + 1e-9), numel[n] - 1)
         counts = np.unique(
             np.minimum(np.round(np.arange(0, 1 + STEP / 2, STEP) * numel[n]).astype(np.int64), hi)
@@ -209,16 +225,16 @@ def sensitivity_plan(
     counts = {n: int(grids[n][pos[n]]) for n in names}
     if last is not None:
         counts[last] -= done - need  # cut the last move back to the exact need
-    plan = {f"{n}.weight": counts[n] / numel[n] for n in names}
-    per_layer = {f"{n}.weight": float(_interp(*curves[n], plan[f"{n}.weight"])) for n in names}
+    plan = {n: counts[n] / numel[n] for n in names}
+    per_layer = {n: float(_interp(*curves[n], plan[n])) for n in names}
     return {
         "plan": plan,
         "target": target,
-        "achieved_overall": _overall(plan, layers),
+        "achieved_overall": _overall(plan, weights),
         "summed_scan_drop": sum(per_layer.values()),
         "scan_drop_per_layer": per_layer,
         "method": "sensitivity-greedy",
-        "caps": {f"{n}.weight": cap[n] for n in names},
+        "caps": {n: cap[n] for n in names},
         "max_drop": max_drop,
         "scope": scope,
         "scan_dense_accuracy": float(scan["dense_accuracy"]),
@@ -228,12 +244,12 @@ def sensitivity_plan(
 def uniform_plan(model: nn.Module, target: float, scope: str = "conv") -> dict[str, Any]:
     """Every layer of the scope at `target` (the study's plan), in the same shape as the others."""
     target = _check(target, "target")
-    layers = _layers_or_raise(model, scope)
-    plan = {f"{n}.weight": target for n in layers}
+    weights = prunable_weights(model, scope)
+    plan = dict.fromkeys(weights, target)
     return {
         "plan": plan,
         "target": target,
-        "achieved_overall": _overall(plan, layers),
+        "achieved_overall": _overall(plan, weights),
         "summed_scan_drop": None,
         "method": "uniform",
         "caps": None,
@@ -252,7 +268,7 @@ def global_plan(
     comparison: it ignores accuracy and follows weight magnitudes alone. With `scan`, the drop
     the scan predicts for it is filled in."""
     target = _check(target, "target")
-    layers = _layers_or_raise(model, scope)
+    weights = prunable_weights(model, scope)
     spec: dict[str, Any] = {"global": target}
     if cap is not None:
         spec["max_layer_sparsity"] = _check(cap, "cap", upper_open=True)
@@ -260,15 +276,15 @@ def global_plan(
     out = {
         "plan": plan,
         "target": target,
-        "achieved_overall": _overall(plan, layers),
+        "achieved_overall": _overall(plan, weights),
         "summed_scan_drop": None,
         "method": "global-magnitude",
         "caps": None if cap is None else dict.fromkeys(plan, cap),
         "scope": scope,
     }
     if scan is not None:
-        _check_scan(scan, layers, scope)
-        per_layer = layer_drops(scan, plan)
+        _check_scan(scan, weights, scope)
+        per_layer = layer_drops(scan, plan, _layer_of(weights))
         out["summed_scan_drop"] = sum(per_layer.values())
         out["scan_drop_per_layer"] = per_layer
     return out
@@ -277,6 +293,10 @@ def global_plan(
 def format_plan_table(plan: dict[str, Any], model: nn.Module) -> str:
     """Markdown: per layer its weights, cap, planned sparsity, weights pruned, drop alone."""
     params = dict(model.named_parameters())
+    try:
+        layer_of = _layer_of(prunable_weights(model, plan.get("scope", "conv")))
+    except PlanError:
+        layer_of = {}
     caps = plan.get("caps") or {}
     drops = plan.get("scan_drop_per_layer") or {}
     lines = [
@@ -290,7 +310,8 @@ def format_plan_table(plan: dict[str, Any], model: nn.Module) -> str:
         total, pruned = total + n, pruned + k
         cap = f"{caps[p]:.2f}" if p in caps else "-"
         drop = f"{100 * drops[p]:.2f}" if p in drops else "-"
-        lines.append(f"| {_layer_name(p)} | {n:,} | {cap} | {s:.4f} | {k:,} | {n - k:,} | {drop} |")
+        layer = layer_of.get(p, p.removesuffix(".weight"))
+        lines.append(f"| {layer} | {n:,} | {cap} | {s:.4f} | {k:,} | {n - k:,} | {drop} |")
     drop = plan.get("summed_scan_drop")
     lines.append(
         f"| **total** | {total:,} | | {pruned / total:.4f} | {pruned:,} | {total - pruned:,} | "
