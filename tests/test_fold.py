@@ -3,8 +3,11 @@ original model untouched."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from model_matrix import MATRIX
 from torch import nn
 
 from prunelab.app.bench import calibrate
@@ -18,7 +21,7 @@ def _random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN parameters and statistics, so folding really changes the weights."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
             m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
             m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
@@ -96,3 +99,133 @@ def test_evaluate_folds_by_default_and_can_run_the_model_as_is(cifar):
         hook.remove()
     assert torch.equal(folded["predictions"], plain["predictions"])
     assert remaining_batchnorms(model) == 8
+
+
+# --- any model: true pairs only, verified ------------------------------------------------------
+
+
+def _logits_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    scale = max(a.abs().max().item(), 1.0)
+    assert (a - b).abs().max().item() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=str)
+def test_every_matrix_model_folds_to_the_same_logits(case):
+    torch.manual_seed(0)
+    model = _random_bn(case.build())
+    x = case.batch(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a matrix model must fold without a fallback
+        folded = fold_batchnorm(model, example=x)
+        guessed = fold_batchnorm(model)  # verified on a random input of the model's shape
+    with torch.no_grad():
+        _logits_close(model(x), folded(x))
+        _logits_close(model(x), guessed(x))
+    assert remaining_batchnorms(folded) == 0 == remaining_batchnorms(guessed)
+    if case.name in ("vgg", "resnet20", "mobilenetv2"):
+        assert remaining_batchnorms(model) > 0  # there was something to fold
+
+
+class ResidualBetween(nn.Sequential):
+    """Looks like conv -> BN to a walk over the Sequential, but adds its input in between."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x):
+        return self[2](self[1](self[0](x) + x))
+
+
+class SharedConv(nn.Module):
+    """One conv weight used by two convs, each followed by its own BN (and one conv called
+    twice): folding either into its BN would change the other path."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c2.weight = self.c1.weight
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.twice = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        h = self.bn1(self.c1(x)) + self.bn2(self.c2(x))
+        return self.bn3(self.twice(h)) + self.twice(x)
+
+
+class ConvOutputReused(nn.Module):
+    """The conv output feeds the BN and a skip: folding would change the skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4)
+        self.conv3, self.bn3 = nn.Conv3d(4, 4, 1), nn.BatchNorm3d(4)  # a true 3-D pair
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = self.bn(h) + h
+        return h + self.bn3(self.conv3(h[:, :, None, :, None])).flatten(2)
+
+
+@pytest.mark.parametrize(
+    "make,shape,left",
+    [(ResidualBetween, (2, 4, 8, 8), 1), (SharedConv, (2, 4, 8, 8), 3)],
+    ids=["residual-between", "shared-weight"],
+)
+def test_false_pairs_are_not_folded(make, shape, left):
+    torch.manual_seed(0)
+    model = _random_bn(make())
+    x = torch.randn(shape)
+    folded = fold_batchnorm(model, example=x)
+    assert remaining_batchnorms(folded) == left
+    with torch.no_grad():
+        assert torch.equal(model(x), folded(x))
+
+
+def test_conv1d_and_conv3d_pairs_fold_and_reused_outputs_do_not():
+    torch.manual_seed(0)
+    model = ConvOutputReused().eval()
+    for bn in (model.bn, model.bn3):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 4, 6)
+    folded = fold_batchnorm(model, example=x)
+    assert isinstance(folded.bn, nn.BatchNorm1d) and isinstance(folded.bn3, nn.Identity)
+    with torch.no_grad():
+        _logits_close(model(x), folded(x))
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        return h if h.sum() > 0 else -h
+
+
+def test_untraceable_or_failing_verification_returns_an_unfolded_copy(monkeypatch):
+    model = DataDependent().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="not folded: the forward cannot be traced"):
+        folded = fold_batchnorm(model, example=x)
+    assert remaining_batchnorms(folded) == 1 and folded is not model
+    with torch.no_grad():
+        assert torch.equal(folded(x), model(x))
+
+    import prunelab.fold as fold
+
+    def broken(conv, bn):  # a fold that gets the maths wrong must never be used
+        out = fold_conv_bn(conv, bn)
+        with torch.no_grad():
+            out.bias.add_(1.0)
+        return out
+
+    monkeypatch.setattr(fold, "fold_conv_bn", broken)
+    model = _random_bn(VGG(width=0.125))
+    with pytest.warns(UserWarning, match="differ from the original"):
+        folded = fold.fold_batchnorm(model)
+    assert remaining_batchnorms(folded) == 8
+    y = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(folded(y), model(y))

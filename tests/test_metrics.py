@@ -50,3 +50,17 @@ def test_confusion_matrix_orientation_and_mismatch():
     assert cm.tolist() == [[0, 2], [0, 1]]
     with pytest.raises(ValueError, match="labels"):
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0]), 2)
+
+
+def test_three_classes_average_over_three_and_out_of_range_is_refused():
+    from prunelab.errors import PrunelabError
+
+    y_true = np.array([0, 1, 2, 2, 1, 0, 2])
+    y_pred = np.array([0, 2, 2, 1, 1, 0, 0])
+    m = classification_metrics(torch.tensor(y_true), torch.tensor(y_pred), 3)
+    assert m["recall"] == pytest.approx(skm.recall_score(y_true, y_pred, average="macro"))
+    assert len(m["per_class"]["f1"]) == 3
+    with pytest.raises(PrunelabError, match="label 3 is outside the 3 classes"):
+        confusion_matrix(torch.tensor([0, 3]), torch.tensor([0, 1]), 3)
+    with pytest.raises(PrunelabError, match="prediction -1 is outside"):
+        confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, -1]), 3)

@@ -64,7 +64,7 @@ def test_fast_path_equals_straightforward(setup, channels_last):
     slow = scan(model, x, y, scope="all", channels_last=channels_last, reuse=False)
     model.eval()
     assert bits(model) == before
-    assert fast["method"] == "suffix-reuse" and slow["method"] == "full-forward"
+    assert fast["method"] == "suffix-reuse" and slow["method"] == "plain re-evaluation: reuse=False"
     assert fast["dense_accuracy"] == slow["dense_accuracy"]
     assert list(fast["layers"]) == [f"backbone.conv{i}" for i in range(8)] + ["classifier"]
     for name, r in fast["layers"].items():
@@ -133,7 +133,7 @@ def test_uint8_images_are_scaled(setup):
     assert a["layers"] == b["layers"] and a["dense_accuracy"] == b["dense_accuracy"]
 
 
-def test_generic_model_falls_back_to_full_forward():
+def test_generic_sequential_reuses_graph_cuts_and_equals_plain():
     torch.manual_seed(1)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 4)
@@ -141,7 +141,9 @@ def test_generic_model_falls_back_to_full_forward():
     x, y = torch.rand(50, 3, 8, 8), torch.randint(0, 4, (50,))
     before = bits(net)
     r = scan(net, x, y, scope="all")
-    assert r["method"] == "full-forward" and list(r["layers"]) == ["0", "2", "4"]
+    plain = scan(net, x, y, scope="all", reuse=False)
+    assert r["method"] == "graph-cut reuse" and list(r["layers"]) == ["0", "2", "4"]
+    assert r["layers"] == plain["layers"] and r["dense_accuracy"] == plain["dense_accuracy"]
     assert bits(net) == before
 
 

@@ -14,6 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .evaluation import resolve_device
+
 
 def env_world_size() -> int:
     """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
@@ -34,19 +36,18 @@ def init_from_env(
     """Join the process group torchrun describes; return (rank, world size, this rank's device).
 
     NCCL on CUDA (LOCAL_RANK picks the GPU, so 8 processes on one node use GPUs 0..7),
-    gloo on the CPU. Without torchrun (WORLD_SIZE unset or 1) no group is created and the
-    result is (0, 1, device), so callers can use it unconditionally.
+    gloo on the CPU; `device` is one of auto, cpu, cuda, cuda:N. Without torchrun
+    (WORLD_SIZE unset or 1) no group is created and the result is (0, 1, device), so callers
+    can use it unconditionally.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        use_cuda = torch.cuda.is_available()
-    else:
-        use_cuda = torch.device(device).type == "cuda"
+    asked = resolve_device(device)  # unknown names are a one-line error naming the choices
+    use_cuda = asked.type == "cuda"
     if use_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     else:
-        dev = torch.device(device if device != "auto" else "cpu")
+        dev = asked
     world = env_world_size()
     if world <= 1:
         return 0, 1, dev

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .errors import PrunelabError
+
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts C[t, p] of true class t predicted as p (rows: truth, columns: prediction)."""
@@ -14,6 +16,12 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
     y_pred = torch.as_tensor(y_pred).long().flatten()
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has {y_true.numel()} labels but y_pred has {y_pred.numel()}")
+    for what, v in (("label", y_true), ("prediction", y_pred)):
+        if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
+            bad = int(v.min()) if int(v.min()) < 0 else int(v.max())
+            raise PrunelabError(
+                f"{what} {bad} is outside the {num_classes} classes (0..{num_classes - 1})"
+            )
     idx = y_true * num_classes + y_pred
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(
         num_classes, num_classes

@@ -1,20 +1,22 @@
-"""One loop for training and fine-tuning, plus batched evaluation.
+"""One loop for training and fine-tuning (evaluation lives in prunelab.evaluation, the
+resumable state in prunelab.train_state; both are re-exported here).
 
 The data live on the training device as uint8 tensors and are augmented per batch.
 Data order and augmentation are drawn from (seed, epoch), and the loop can stop at
 any batch boundary and resume there, so an interrupted CPU run ends with the same
-weights as an uninterrupted one. With a pruner attached the masks are re-applied
-(and optimizer state zeroed at pruned positions) after every optimizer step.
+weights as an uninterrupted one; resuming is refused when a setting of the run changed.
+With a pruner attached the masks are re-applied before the first step and (with optimizer
+state zeroed at pruned positions) after every optimizer step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,35 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data import augment
-from .errors import CheckpointError, PrunelabError
-from .fileio import atomic_path
-from .fold import fold_batchnorm
-from .metrics import classification_metrics
-from .safeload import load_tensors
+from .data import augment, augment_pad
+from .errors import PrunelabError
+from .evaluation import (
+    Normalize,
+    autocast,
+    evaluate,
+    normalizer,
+    predict,
+    resolve_device,
+    to_input,
+)
+from .train_state import load_state, run_settings, save_state
+
+_save_state, _load_state, _to_input = save_state, load_state, to_input  # older names
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "FitResult",
+    "Interrupted",
+    "TrainConfig",
+    "autocast",
+    "evaluate",
+    "fit",
+    "lr_factor",
+    "make_optimizer",
+    "predict",
+    "resolve_device",
+]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -84,77 +109,6 @@ class TrainConfig:
 
 def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PrunelabError(f"device {name!r} asked for but CUDA is not available (use cpu)")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast (AMX on recent Xeons, tensor cores on GPUs) or a no-op."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _to_input(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    x = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    x: torch.Tensor,
-    batch_size: int = 1000,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
-    channels_last: bool = True,
-    progress: bool = False,
-    desc: str = "evaluate",
-) -> torch.Tensor:
-    """Predicted class of every image (uint8 or [0,1] float), in eval mode, fp32 by default."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    preds = []
-    starts = range(0, len(x), batch_size)
-    for i in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        xb = _to_input(x[i : i + batch_size].to(device, non_blocking=True), channels_last)
-        with autocast(device, bf16):
-            preds.append(model(xb).argmax(1).cpu())
-    model.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
-
-
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int = 10,
-    fold_bn: bool = True,
-    **kw: Any,
-) -> dict[str, Any]:
-    """The study's metrics of `model` on (x, y); also returns the predictions.
-
-    fold_bn (default): evaluate a copy with each conv -> BatchNorm pair folded into one conv
-    (prunelab.fold): the same model to fp32 rounding, 9-17% faster on the dev CPU, and on the
-    10,000 test images not one prediction changed. fold_bn=False runs the model as it is.
-    """
-    if fold_bn:
-        model = fold_batchnorm(model)
-    preds = predict(model, x, **kw)
-    out = classification_metrics(y.cpu(), preds, num_classes)
-    out["num_images"] = int(len(y))
-    out["predictions"] = preds
-    return out
 
 
 class _StopFlag:
@@ -241,12 +195,24 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     step_hook: Callable[[int, int], None] | None = None,
+    normalize: Normalize = None,
+    run_key: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train `model` in place; checkpoint the full loop state to `state_path` every epoch.
 
-    `pruner` (if given) must offer `step(optimizer)`: optimizer step, re-mask, zero
-    optimizer state at pruned positions. `step_hook(step, total_steps)` runs after
-    each step (gradual pruning uses it). Under torchrun each rank takes its shard of
+    Inputs: uint8 or [0, 1] float, N x C x H x W images (any C, H, W) or any other N x ...
+    tensors (e.g. flat vectors for an MLP: no augmentation, no channels_last for those).
+    `cfg.augment` (default on, the study's choice) is a random crop with zero padding
+    prunelab.data.augment_pad(H) = max(1, round(H / 8)) px (4 for 32x32) plus a horizontal
+    flip. `normalize`: optional per-channel (mean, std) applied after /255, also to `val`.
+    `run_key`: plain-JSON facts that define the run beyond cfg (model architecture, data
+    fingerprint, plan digest); with the config, the masks and `normalize` it is stored in the
+    state, and `resume=True` refuses a state saved with any of them different, by name.
+
+    `pruner` (if given) must offer `masks`, `apply()` and `step(optimizer)` (optimizer step,
+    re-mask, zero optimizer state at pruned positions); its masks are re-applied before the
+    first step (with one warning if that changed weights). `step_hook(step, total_steps)` runs
+    after each step (gradual pruning uses it). Under torchrun each rank takes its shard of
     every global batch and DistributedDataParallel averages the gradients.
     """
     cfg.validate()
@@ -259,10 +225,27 @@ def fit(
             f"batch_size {cfg.batch_size} must be a multiple of the {world} ranks "
             "(each rank takes an equal share of every batch)"
         )
+    if len(train_x) != len(train_y):
+        raise PrunelabError(
+            f"{len(train_x)} training inputs but {len(train_y)} labels: they must pair up"
+        )
+    images = train_x.dim() == 4
+    channels_last = cfg.channels_last and images
+    do_augment = cfg.augment and images
+    pad = augment_pad(train_x.shape[2]) if do_augment else 0
+    settings = run_settings(
+        cfg,
+        run_key,
+        getattr(pruner, "masks", None) if pruner is not None else None,
+        normalize,
+        len(train_x),
+    )
     model.to(device)
-    if cfg.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
+    norm = normalizer(normalize, train_x.shape, device)
     train_x, train_y = train_x.to(device), train_y.to(device)
+    top_label = _label_range(train_y)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -277,12 +260,17 @@ def fit(
     total = steps_per_epoch * cfg.epochs
     result = FitResult()
     start_epoch, start_batch, best_state = 0, 0, None
-    saved = _load_state(state_path, model, opt, pruner) if resume and state_path else None
+    saved = None
+    if resume and state_path:
+        saved = load_state(state_path, model, opt, pruner, settings)
     if saved is not None:
         start_epoch, start_batch = saved["epoch"], saved["batch"]
         result.history = saved["history"]
         result.best_epoch, result.best_val_accuracy = saved["best_epoch"], saved["best_val"]
         best_state = saved.get("best_state")
+    if pruner is not None:
+        reapply_masks(model, pruner)
+    check_width = True
     t0 = time.perf_counter()
     with _StopFlag() as stop:
         for epoch in range(start_epoch, cfg.epochs):
@@ -305,14 +293,17 @@ def fit(
             for b in bar:
                 idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 xb = train_x[idx]
-                if cfg.augment:
-                    xb = augment(xb, gen)
+                if do_augment:
+                    xb = augment(xb, gen, pad=pad)
                 xb, yb = xb[rank::world], train_y[idx][rank::world]
                 step = epoch * steps_per_epoch + b
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, total, cfg.schedule, cfg.warmup)
                 with autocast(device, cfg.bf16):
-                    out = net(_to_input(xb, cfg.channels_last))
+                    out = net(to_input(xb, channels_last, norm))
+                    if check_width:
+                        _check_logits(out, top_label)
+                        check_width = False
                     loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -334,7 +325,7 @@ def fit(
                     )
                 if stop.signal is not None:
                     bar.close()
-                    _save_state(
+                    save_state(
                         state_path,
                         model,
                         opt,
@@ -346,6 +337,7 @@ def fit(
                         cfg,
                         rank,
                         gen,
+                        settings,
                     )
                     raise Interrupted(
                         f"stopped by signal {stop.signal} at epoch {epoch + 1}, batch {b + 1}; "
@@ -369,6 +361,7 @@ def fit(
                     model,
                     val[0],
                     val[1],
+                    normalize=normalize,
                     batch_size=cfg.eval_batch_size,
                     device=device,
                     bf16=cfg.bf16,
@@ -387,8 +380,19 @@ def fit(
                     f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 )
                 tqdm.write(f"{desc}: {msg}")
-            _save_state(
-                state_path, model, opt, pruner, epoch + 1, 0, result, best_state, cfg, rank, None
+            save_state(
+                state_path,
+                model,
+                opt,
+                pruner,
+                epoch + 1,
+                0,
+                result,
+                best_state,
+                cfg,
+                rank,
+                None,
+                settings,
             )
     if cfg.keep_best and best_state is not None:
         model.load_state_dict(best_state)
@@ -396,40 +400,45 @@ def fit(
     return result
 
 
-def _save_state(path, model, opt, pruner, epoch, batch, result, best_state, cfg, rank, gen) -> None:
-    """Everything needed to resume, written atomically (rank 0 only)."""
-    if path is None or rank != 0:
-        return
-    state = {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "masks": getattr(pruner, "masks", None),
-        "epoch": epoch,
-        "batch": batch,
-        "history": result.history,
-        "best_epoch": result.best_epoch,
-        "best_val": result.best_val_accuracy,
-        "best_state": best_state,
-        "config": asdict(cfg),
-        "gen_state": gen.get_state() if gen is not None else None,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def _label_range(y: torch.Tensor) -> int:
+    """The largest label, after refusing an empty or negative one (checked once, not per batch)."""
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise PrunelabError(f"labels must be integer class indices, got {y.dtype}")
+    if len(y) and int(y.min()) < 0:
+        raise PrunelabError(f"labels must be >= 0, found {int(y.min())}")
+    return int(y.max()) if len(y) else -1
 
 
-def _load_state(path, model, opt, pruner) -> dict[str, Any] | None:
-    path = Path(path)
-    if not path.exists():
-        return None
-    state = load_tensors(path, "training state")
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-    except Exception as e:
-        raise CheckpointError(
-            f"training state {path} is truncated, corrupt or from another model "
-            f"({type(e).__name__}); delete it to start over"
-        ) from e
-    if pruner is not None and state.get("masks") is not None:
-        pruner.masks = {k: m.to(pruner.masks[k].device) for k, m in state["masks"].items()}
-    return state
+def _check_logits(out: torch.Tensor, top_label: int) -> None:
+    """On the first batch: the model's logits must have a column for every label."""
+    if out.dim() != 2:
+        raise PrunelabError(
+            f"the model returned {tuple(out.shape)}; expected logits shaped N x classes"
+        )
+    if top_label >= out.shape[1]:
+        raise PrunelabError(
+            f"labels go up to {top_label} but the model has {out.shape[1]} outputs "
+            f"(classes 0..{out.shape[1] - 1}); the data and the model do not fit"
+        )
+
+
+def reapply_masks(model: nn.Module, pruner: Any) -> None:
+    """Zero the pruned weights before the first step; warn once if any were not zero
+    (masks or weights edited after pruning), instead of training and failing afterwards."""
+    masks = getattr(pruner, "masks", None)
+    if not isinstance(masks, dict) or not callable(getattr(pruner, "apply", None)):
+        return  # a custom pruner without masks: its step() is all fit relies on
+    params = dict(model.named_parameters())
+    revived = 0
+    with torch.no_grad():
+        for name, mask in masks.items():
+            p = params.get(name)
+            if p is not None and p.shape == mask.shape:
+                revived += int(torch.count_nonzero(p[~mask.to(p.device, torch.bool)]))
+        pruner.apply()
+    if revived:
+        warnings.warn(
+            f"{revived} weight(s) were non-zero at masked positions before training; "
+            "the masks were re-applied, so they start at zero",
+            stacklevel=3,
+        )
