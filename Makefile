@@ -2,7 +2,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data/cifar10-jpeg
+# the shared CIFAR-10 tree when it is beside the project; otherwise prunelab downloads
+# CIFAR-10 into its cache folder
+DATA ?= $(wildcard ../shared/data/cifar10-jpeg)
 OUT ?= runs/quick
 
 .PHONY: setup demo test lint clean
@@ -16,7 +18,7 @@ $(BIN)/prunelab: pyproject.toml
 setup: $(BIN)/prunelab
 
 demo: setup
-	$(BIN)/prunelab run recipes/quick.toml --data-dir $(DATA) --out $(OUT)
+	$(BIN)/prunelab run quick $(if $(DATA),--data-dir $(DATA)) --out $(OUT)
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

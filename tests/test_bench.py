@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from prunelab import bench
+from prunelab.app import bench
 from prunelab.models import VGG
 
 

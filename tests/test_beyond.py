@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from prunelab.app.recipes import load_recipe
+from prunelab.app.run import run_recipe
 from prunelab.errors import RecipeError
 from prunelab.export import load_compressed
 from prunelab.pruning import sparsity_report
-from prunelab.app.recipes import load_recipe, run_recipe
 
 RECIPE = """
 name = "tiny-compare"

@@ -64,7 +64,7 @@ def cases(d):
         (["train", "--lr", "0", "--out", out], "must be > 0"),
         (["train", "--lr", "abc", "--out", out], "not a number"),
         (["train", "--width", "0", "--out", out], "must be > 0"),
-        (["train", "--batch-size", "0", "--out", out], "batch_size"),
+        (["train", "--batch-size", "0", "--out", out], "--batch-size"),
         (["train", "--momentum", "2", "--out", out], "momentum"),
         (["train", "--optimizer", "lbfgs", "--out", out], "invalid choice"),
         (["train", "--device", "cuda:0", "--out", out], "CUDA"),

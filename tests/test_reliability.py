@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from prunelab.app.recipes import load_recipe, run_recipe
+from prunelab.app.recipes import load_recipe
+from prunelab.app.run import run_recipe
 
 
 def _train_cmd(jpeg_root, cache, out, *extra):

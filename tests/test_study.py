@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from prunelab.metrics import classification_metrics
-from prunelab.app.recipes import load_recipe, run_recipe
+from prunelab.app.recipes import load_recipe
+from prunelab.app.run import run_recipe
 from prunelab.app.steps import load_splits
+from prunelab.metrics import classification_metrics
 
 RECIPE = """
 name = "tiny"

@@ -89,3 +89,56 @@ def existing_file(text: str) -> str:
     if not p.is_file():
         raise argparse.ArgumentTypeError(f"{text} is not a file")
     return text
+
+
+def seed(text: str) -> int:
+    """A seed torch accepts: an integer in [0, 2**63 - 1]."""
+    v = count(text)
+    if v > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"seed {text} is outside [0, 2**63 - 1]")
+    return v
+
+
+def points(text: str) -> float:
+    """Accuracy points lost, e.g. 2 = two percentage points (>= 0)."""
+    v = _float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 (accuracy points)")
+    return v
+
+
+def device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N: refused here, before torch is imported, otherwise."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"device {text!r} is not supported (expected auto, cpu, cuda or cuda:N)"
+    )
+
+
+def model_arg(text: str) -> str:
+    if "=" not in text or not text.partition("=")[0].strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE like width=0.5, got {text!r}")
+    return text
+
+
+def mean_std(text: str) -> dict[str, list[float]] | None:
+    """'none', or 'MEAN,STD' for every channel, or 'm1,m2,m3;s1,s2,s3' per channel."""
+    if text.strip().lower() == "none":
+        return None
+    if ";" in text:
+        means, stds = text.split(";", 1)
+        mean = [_float(v) for v in means.split(",") if v.strip()]
+        std = [_float(v) for v in stds.split(",") if v.strip()]
+    else:
+        parts = [_float(v) for v in text.split(",") if v.strip()]
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(
+                f"expected 'none', 'MEAN,STD' or 'm1,m2,m3;s1,s2,s3', got {text!r}"
+            )
+        mean, std = [parts[0]], [parts[1]]
+    if not mean or len(mean) != len(std) or any(s <= 0 for s in std):
+        raise argparse.ArgumentTypeError(
+            f"normalisation {text!r}: as many means as stds, and every std > 0"
+        )
+    return {"mean": mean, "std": std}

@@ -20,16 +20,22 @@ from matplotlib.figure import Figure
 
 from ..errors import PrunelabError
 from ..export import export_compressed, format_size_table, size_table
-from ..fileio import atomic_path, write_json, write_text
-from ..gradual import GradualPruner
-from ..models import VGG, load_model, save_checkpoint
+from ..fileio import atomic_path, file_digest, write_json, write_text
 from ..plan import global_plan, sensitivity_plan, uniform_plan
-from ..pruning import Pruner, sparsity_report
-from ..sensitivity import plot_sensitivity, sensitivity_scan, write_scan
-from .recipes import _expect, _is_num, _sparsities, train_config
-from .report import PUBLISHED
-from .steps import Splits, data_record, environment, finetune, recipe_splits, state_path_for
-from .study import Study, _light, tag
+from ..pruning import sparsity_report
+from .recipe_compare import parse_compare as parse_compare  # where it was before
+from .report import PUBLISHED, model_label
+from .steps import (
+    Splits,
+    data_record,
+    environment,
+    finetune_checkpoint,
+    light,
+    prune_checkpoint,
+    recipe_splits,
+    scan_to_folder,
+)
+from .study import Study, scan_images, tag
 
 METHODS = {
     "uniform": "uniform one-shot",
@@ -37,158 +43,13 @@ METHODS = {
     "sensitivity": "sensitivity-guided one-shot",
     "gradual": "sensitivity-guided gradual",
 }
-DEFAULT_METHODS = ["uniform", "sensitivity", "gradual"]
 PLAN_OF = {
     "uniform": "uniform",
     "global": "global",
     "sensitivity": "sensitivity",
     "gradual": "sensitivity",
 }
-# the study's SGD fine-tuning (recipes/quick.toml), fewer epochs
-FINETUNE_DEFAULTS = {
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "label_smoothing": 0.0,
-    "epochs": 3,
-}
-SCAN_DEFAULTS = {
-    "sparsities": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
-    "bf16": False,
-    "batch_size": 1000,
-}
-PLAN_DEFAULTS = {"default_cap": 0.95, "first_last_cap": 0.8, "max_drop": None}
-GRADUAL_DEFAULTS = {"initial_sparsity": 0.0, "prune_every": 10, "prune_steps_fraction": 0.5}
 PUBLISHED_LABEL = "published study (full VGG, official data)"
-
-
-def _table(raw: dict[str, Any], key: str, defaults: dict[str, Any], file: str) -> dict[str, Any]:
-    t = raw.get(key, {})
-    _expect(isinstance(t, dict), file, f"compare.{key}", "a table", t)
-    extra = sorted(set(t) - set(defaults))
-    _expect(
-        not extra,
-        file,
-        f"compare.{key}.{extra[0] if extra else ''}",
-        f"one of {', '.join(defaults)}",
-        extra,
-    )
-    return {**defaults, **t}
-
-
-def parse_compare(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str, Any]:
-    """Check a [compare] table fully (before any work) and fill in its defaults."""
-    _expect(isinstance(raw, dict), file, "compare", "a table [compare]", raw)
-    keys = {"sparsities", "methods", "scope", "scan", "plan", "finetune", "gradual"}
-    extra = sorted(set(raw) - keys)
-    _expect(
-        not extra,
-        file,
-        f"compare.{extra[0] if extra else ''}",
-        f"one of {', '.join(sorted(keys))}",
-        extra,
-    )
-    sps = _sparsities(raw.get("sparsities", [0.6, 0.8, 0.9]), file, "compare.sparsities")
-    _expect(
-        all(0 < s < 1 for s in sps) and len(set(sps)) == len(sps),
-        file,
-        "compare.sparsities",
-        "distinct sparsities strictly between 0 and 1",
-        sps,
-    )
-    methods = raw.get("methods", DEFAULT_METHODS)
-    _expect(
-        isinstance(methods, list)
-        and methods
-        and all(m in METHODS for m in methods)
-        and len(set(methods)) == len(methods),
-        file,
-        "compare.methods",
-        f"a list of distinct methods from {', '.join(METHODS)}",
-        methods,
-    )
-    scope = raw.get("scope", "conv")
-    _expect(scope in ("conv", "all"), file, "compare.scope", "'conv' or 'all'", scope)
-    scan = _table(raw, "scan", SCAN_DEFAULTS, file)
-    scan["sparsities"] = _sparsities(scan["sparsities"], file, "compare.scan.sparsities")
-    _expect(
-        isinstance(scan["bf16"], bool), file, "compare.scan.bf16", "true or false", scan["bf16"]
-    )
-    _expect(
-        isinstance(scan["batch_size"], int) and scan["batch_size"] > 0,
-        file,
-        "compare.scan.batch_size",
-        "an integer > 0",
-        scan["batch_size"],
-    )
-    plan = _table(raw, "plan", PLAN_DEFAULTS, file)
-    for k in ("default_cap", "first_last_cap"):
-        _expect(
-            _is_num(plan[k]) and 0 <= plan[k] < 1,
-            file,
-            f"compare.plan.{k}",
-            "a number in [0, 1)",
-            plan[k],
-        )
-    _expect(
-        plan["max_drop"] is None or (_is_num(plan["max_drop"]) and plan["max_drop"] >= 0),
-        file,
-        "compare.plan.max_drop",
-        "a number >= 0",
-        plan["max_drop"],
-    )
-    gradual = _table(raw, "gradual", GRADUAL_DEFAULTS, file)
-    _expect(
-        _is_num(gradual["initial_sparsity"]) and 0 <= gradual["initial_sparsity"] < min(sps),
-        file,
-        "compare.gradual.initial_sparsity",
-        f"a number in [0, {min(sps)}) (below every target)",
-        gradual["initial_sparsity"],
-    )
-    _expect(
-        isinstance(gradual["prune_every"], int) and gradual["prune_every"] >= 1,
-        file,
-        "compare.gradual.prune_every",
-        "an integer >= 1 (optimizer steps)",
-        gradual["prune_every"],
-    )
-    frac = gradual["prune_steps_fraction"]
-    _expect(
-        _is_num(frac) and 0 < frac <= 1,
-        file,
-        "compare.gradual.prune_steps_fraction",
-        "a number in (0, 1]",
-        frac,
-    )
-    ft = raw.get("finetune", {})
-    _expect(isinstance(ft, dict), file, "compare.finetune", "a table", ft)
-    _expect(
-        not ft.get("keep_best", False),
-        file,
-        "compare.finetune.keep_best",
-        "false (gradual masks change during training; every method keeps its last epoch)",
-        ft.get("keep_best"),
-    )
-    cfg = train_config({**FINETUNE_DEFAULTS, **ft}, file, "compare.finetune", seed)
-    _expect(
-        rec["data"]["val_size"] > 0,
-        file,
-        "data.val_size",
-        "> 0 for [compare] (the sensitivity scan runs on the validation split)",
-        rec["data"]["val_size"],
-    )
-    return {
-        "sparsities": sps,
-        "methods": list(methods),
-        "scope": scope,
-        "scan": scan,
-        "plan": plan,
-        "gradual": gradual,
-        "finetune": cfg,
-    }
 
 
 def run_beyond(
@@ -216,7 +77,10 @@ class Beyond(Study):
         dense_row = self._evaluated("dense", dense, splits, 0.0)
         scan_path = out / "sensitivity" / "sensitivity.json"
         self.step(
-            "sensitivity scan (validation split)", scan_path, lambda: self._scan(dense, splits)
+            "sensitivity scan (validation split)",
+            scan_path,
+            lambda: self._scan(dense, splits),
+            {"dense": self.dense_digest, "scan": cmp["scan"], "scope": cmp["scope"]},
         )
         scan = json.loads(scan_path.read_text())
         rows, sizes, plans = [], [], {}
@@ -224,10 +88,11 @@ class Beyond(Study):
             for method in cmp["methods"]:
                 kind, name = PLAN_OF[method], f"{method}-{tag(s)}"
                 plan_path = out / "plans" / f"{kind}-{tag(s)}.json"
-                self.step(
+                plan_digest = self.step(
                     f"plan {kind} {s:.2f}",
                     plan_path,
                     lambda k=kind, s=s, p=plan_path: self._plan(k, s, dense, scan, p),
+                    {"scan": scan.get("seconds"), "kind": kind, "target": s, "plan": cmp["plan"]},
                 )
                 plan = json.loads(plan_path.read_text())
                 plans[f"{kind}-{tag(s)}"] = plan
@@ -238,15 +103,17 @@ class Beyond(Study):
                         f"gradual {name}",
                         f_path,
                         lambda p=plan, f=f_path, n=name: self._gradual(dense_path, p, f, splits, n),
+                        {"plan": plan_digest, "ft": cmp["finetune"], "gradual": cmp["gradual"]},
                     )
                 else:
                     p_path = out / "pruned" / f"{name}.pth"
-                    self.step(
+                    p_digest = self.step(
                         f"prune {name}",
                         p_path,
                         lambda p=plan, f=p_path: self._prune_plan(dense_path, p, f),
+                        {"dense": self.dense_digest, "plan": plan_digest},
                     )
-                    pmodel, _ = load_model(p_path)
+                    pmodel, _ = self.load(p_path)
                     before = self._evaluated(f"{name}-before", pmodel, splits, s)
                     run = {"name": method, "config": cmp["finetune"]}
                     self.step(
@@ -255,8 +122,9 @@ class Beyond(Study):
                         lambda p=p_path, f=f_path, r=run, n=name: self._finetune(
                             p, f, r, splits, n
                         ),
+                        {"pruned": p_digest, "ft": cmp["finetune"]},
                     )
-                fmodel, fck = load_model(f_path)
+                fmodel, fck = self.load(f_path)
                 after = self._evaluated(name, fmodel, splits, s)
                 e_path = out / "export" / f"{name}.plz"
                 t_path = out / "export" / f"{name}.sizes.json"
@@ -266,9 +134,10 @@ class Beyond(Study):
                     lambda m=fmodel, e=e_path, f=f_path, t=t_path: self._export(
                         m, e, dense_path, f, t
                     ),
+                    {"model": str(f_path), "digest": _file_digest(f_path)},
                 )
                 table = json.loads(t_path.read_text())
-                measured = sparsity_report(fmodel, scope=cmp["scope"], input_size=None)
+                measured = sparsity_report(fmodel, scope=cmp["scope"], macs=False)
                 nbytes = {r["key"]: r["bytes"] for r in table["rows"]}
                 rows.append(
                     {
@@ -297,10 +166,11 @@ class Beyond(Study):
             "kind": "compare",
             "dense": {
                 "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
-                "width": dense.width,
+                "model": self.model_spec,
+                "width": getattr(dense, "width", None),
                 "accuracy": dense_row["accuracy"],
                 "checkpoint_bytes": dense_path.stat().st_size,
-                "meta": _light(dense_ckpt["meta"]),
+                "meta": light(dense_ckpt["meta"]),
             },
             "data": data_record(splits),
             "environment": environment(),
@@ -328,14 +198,18 @@ class Beyond(Study):
         return results
 
     # ----- steps -----
-    def _scan(self, model: VGG, splits: Splits) -> None:
+    def _scan(self, model: Any, splits: Splits) -> None:
         """Per-layer scan on the validation split: plans must not be tuned on the test set."""
         sc, cmp = self.rec["compare"]["scan"], self.rec["compare"]
-        x, y = splits.split("val")
-        res = sensitivity_scan(
+        x, y = scan_images(splits, "val", self.rec["data"].get("scan_subset"), self.rec)
+        scan_to_folder(
             model,
             x,
             y,
+            self.out / "sensitivity",
+            figures=self.out / "figures",
+            extra={"split": "val"},
+            plots=("sensitivity",),
             sparsities=sc["sparsities"],
             scope=cmp["scope"],
             batch_size=sc["batch_size"],
@@ -343,15 +217,8 @@ class Beyond(Study):
             bf16=sc["bf16"],
             progress=self.progress,
         )
-        res["split"], res["images"] = "val", len(y)
-        plot_sensitivity(res, self.out / "figures" / "sensitivity.png")
-        write_scan(
-            res,
-            self.out / "sensitivity" / "sensitivity.json",
-            self.out / "sensitivity" / "sensitivity.csv",
-        )
 
-    def _plan(self, kind: str, s: float, model: VGG, scan: dict[str, Any], path: Path) -> None:
+    def _plan(self, kind: str, s: float, model: Any, scan: dict[str, Any], path: Path) -> None:
         scope, p = self.rec["compare"]["scope"], self.rec["compare"]["plan"]
         if kind == "uniform":
             plan = uniform_plan(model, s, scope)
@@ -370,25 +237,23 @@ class Beyond(Study):
         write_json(path, plan)
 
     def _prune_plan(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
-        model, ck = load_model(dense_path)
-        pruner = Pruner(model, plan["plan"], scope=self.rec["compare"]["scope"])
-        pruner.apply()
-        meta = dict(_light(ck["meta"]))
-        meta.update(
-            {
+        spec = self.model_spec["name"]
+        prune_checkpoint(
+            dense_path,
+            path,
+            plan["plan"],
+            scope=self.rec["compare"]["scope"],
+            meta={
                 "produced_by": "prunelab compare: prune",
-                "plan": plan["plan"],
                 "method": plan["method"],
                 "target_sparsity": plan["target"],
-                "sparsity": sparsity_report(
-                    model, scope=self.rec["compare"]["scope"], input_size=None
-                )["prunable_sparsity"],
-            }
+            },
+            cache=self.cache,
+            model=spec if ":" in spec else None,
         )
-        save_checkpoint(path, model, meta, masks=pruner.masks)
 
     def _export(
-        self, model: VGG, path: Path, dense_path: Path, ckpt_path: Path, table_path: Path
+        self, model: Any, path: Path, dense_path: Path, ckpt_path: Path, table_path: Path
     ) -> None:
         """Write the compact file, then its size table (the step's 'done' marker)."""
         export_compressed(model, path)
@@ -398,48 +263,28 @@ class Beyond(Study):
         self, dense_path: Path, plan: dict[str, Any], path: Path, splits: Splits, name: str
     ) -> None:
         """Prune while fine-tuning, from the dense model, towards the sensitivity plan."""
-        cmp = self.rec["compare"]
-        g = cmp["gradual"]
-        model, ck = load_model(dense_path)
-        gp = GradualPruner(
-            model,
-            plan["plan"],
-            scope=cmp["scope"],
-            initial_sparsity=g["initial_sparsity"],
-            prune_every=g["prune_every"],
-            prune_steps_fraction=g["prune_steps_fraction"],
-        )
-        res, sp = finetune(
-            model,
-            gp,
+        cmp, spec = self.rec["compare"], self.model_spec["name"]
+        model, *_ = finetune_checkpoint(
+            dense_path,
+            path,
             splits,
             cmp["finetune"],
-            out=path,
+            target=plan["plan"],
+            scope=cmp["scope"],
+            gradual=dict(cmp["gradual"]),
             resume=self.interrupted(path),
             device=self.device,
             progress=self.progress,
             desc=f"gradual {name}",
-            step_hook=gp.hook,
+            meta={"produced_by": "prunelab compare: gradual"},
+            cache=self.cache,
+            model=spec if ":" in spec else None,
         )
-        if not gp.frozen:
-            raise PrunelabError(
-                f"gradual {name}: the schedule did not reach the plan "
-                f"(at {gp.current}, plan {gp.final_overall})"
-            )
         _check_layers(model, plan["plan"], name)
-        meta = dict(_light(ck["meta"]))
-        meta.update(
-            {
-                "produced_by": "prunelab compare: gradual",
-                "plan": plan["plan"],
-                "history": res.history,
-                "updates": gp.updates,
-                **sp,
-                "seconds": res.seconds,
-            }
-        )
-        save_checkpoint(path, model, meta, masks=gp.masks)
-        state_path_for(path).unlink(missing_ok=True)
+
+
+def _file_digest(path: Path) -> str | None:
+    return file_digest(path)[:16] if path.exists() else None
 
 
 def _check_layers(model: torch.nn.Module, plan: dict[str, float], name: str) -> None:
@@ -506,7 +351,7 @@ def plot_accuracy_vs_sparsity(r: dict[str, Any], path: Path) -> None:
         100 * r["dense"]["accuracy"],
         color="gray",
         linestyle=":",
-        label=f"dense (width {r['dense']['width']})",
+        label=f"dense ({model_label(r['dense'])})",
     )
     pub = r["published"]
     ax.scatter(
@@ -550,7 +395,7 @@ def beyond_report(r: dict[str, Any]) -> str:
         "",
         r["recipe"].get("description", ""),
         "",
-        f"- dense model: {r['dense']['source']} (VGG width {r['dense']['width']}), test accuracy "
+        f"- dense model: {r['dense']['source']} ({model_label(r['dense'])}), test accuracy "
         f"{_pct(r['dense']['accuracy'])}% on {r['data']['test_images']} test images",
         f"- data: {r['data']['source']} (fingerprint `{r['data']['fingerprint']}`); "
         f"{r['data']['train_images']} training, {r['data']['val_images']} validation images",

@@ -1,31 +1,45 @@
-"""Recipes: a TOML file naming the study's steps; `run_recipe` runs them, resumably.
-
-Every step writes its outputs atomically into the run folder and is skipped when they
-are already there, so rerunning after an interruption redoes only unfinished work.
+"""Recipes: a TOML file naming the study's steps, parsed and checked in full before any
+work starts (app.run runs them). Each setting has one key in one place: unknown keys,
+wrong types, clashing names and clashing step tags are refused with one line that names
+the file and the key.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 import tomllib
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..errors import RecipeError
+from .recipe_compare import parse_compare
+from .recipe_inputs import has_validation, parse_data, parse_model_and_dense
+from .recipe_schema import (
+    ANY,
+    BOOL,
+    SEED,
+    TEXT,
+    Field,
+    check_fields,
+    choice,
+    expect,
+    integer,
+    sparsities,
+    step_tag,
+    table,
+    train_config,
+)
 
-from ..errors import PrunelabError, RecipeError
-from ..fileio import write_json
-from ..train import TrainConfig
+__all__ = ["load_recipe", "resolved_recipe", "step_tag", "train_config"]
 
-TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 TOP_KEYS = {
     "name",
     "description",
     "seed",
     "data",
+    "model",
     "dense",
     "evaluate",
     "sensitivity",
@@ -33,179 +47,126 @@ TOP_KEYS = {
     "finetune",
     "compare",
 }
+_RUN_NAME = Field(
+    lambda v: isinstance(v, str) and v not in ("", ".", "..") and not set(v) & set("/\\"),
+    "a short name for the run folder (no slashes)",
+)
+TOP_FIELDS = {
+    **{k: ANY for k in TOP_KEYS},
+    "name": _RUN_NAME,
+    "description": TEXT,
+    "seed": SEED,
+}
+EVALUATE_FIELDS = {"bf16": BOOL, "batch_size": integer(0, strict=True)}
+SENSITIVITY_FIELDS = {"sparsities": ANY, "split": choice(("test", "val")), "bf16": BOOL}
+PRUNE_FIELDS = {"scope": choice(("conv", "linear", "all")), "sparsities": ANY}
+NOT_WITH_COMPARE = ("sensitivity", "prune", "finetune")
 
 
-def _expect(cond: bool, file: str, key: str, expected: str, got: Any) -> None:
-    if not cond:
-        raise RecipeError(f"{file}: key '{key}' must be {expected} (got {got!r})")
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _sparsities(v: Any, file: str, key: str) -> list[float]:
-    _expect(
-        isinstance(v, list) and len(v) > 0 and all(_is_num(s) and 0 <= s <= 1 for s in v),
-        file,
-        key,
-        "a non-empty list of sparsities in [0, 1]",
-        v,
-    )
-    return [float(s) for s in v]
-
-
-def train_config(table: dict[str, Any], file: str, key: str, seed: int) -> TrainConfig:
-    """A [..train] or [[finetune]] table -> TrainConfig, naming unknown or bad keys."""
-    extra = set(table) - TRAIN_KEYS - {"name"}
-    _expect(
-        not extra,
-        file,
-        f"{key}.{sorted(extra)[0] if extra else ''}",
-        f"one of {', '.join(sorted(TRAIN_KEYS))}",
-        sorted(extra),
-    )
-    cfg = TrainConfig(**{k: v for k, v in table.items() if k in TRAIN_KEYS})
-    if "seed" not in table:
-        cfg.seed = seed
+def _read(path: Path) -> dict[str, Any]:
     try:
-        cfg.validate()
-    except PrunelabError as e:
-        raise RecipeError(f"{file}: [{key}] {e}") from None
-    return cfg
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe does not exist") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (expected TOML)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML ({e})") from None
+
+
+def _section(raw: dict[str, Any], key: str, spec: dict[str, Field], file: str) -> dict[str, Any]:
+    t = table(raw.get(key), file, key, spec)
+    check_fields(t, spec, file, key)
+    return t
+
+
+def _finetune(raw: Any, file: str, seed: int) -> list[dict[str, Any]]:
+    """[[finetune]] runs, each with a distinct name (default: its optimizer's)."""
+    raw = [] if raw is None else raw
+    expect(
+        isinstance(raw, list) and all(isinstance(t, dict) for t in raw),
+        file,
+        "finetune",
+        "an array of tables [[finetune]]",
+        raw,
+    )
+    runs: list[dict[str, Any]] = []
+    for i, t in enumerate(raw):
+        key = f"finetune[{i}]"
+        cfg = train_config(t, file, key, seed, extra=("name",))
+        cfg.keep_best = t.get("keep_best", True)  # fine-tuning keeps its best epoch unless told
+        name = t.get("name", t.get("optimizer", f"run{i}"))
+        expect(
+            isinstance(name, str) and name.isidentifier(),
+            file,
+            f"{key}.name",
+            "a short identifier like 'sgd'",
+            name,
+        )
+        for j, other in enumerate(runs):
+            if other["name"] == name:
+                named = "name" in t and "name" in raw[j]
+                how = "" if named else " (a run without a name takes its optimizer's)"
+                raise RecipeError(
+                    f"{file}: finetune[{j}] and {key} are both named {name!r}{how}; give "
+                    f'{key} its own name = "..." (e.g. name = "{name}_{i}")'
+                )
+        runs.append({"name": name, "config": cfg})
+    return runs
 
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Parse and check a recipe fully before any work starts."""
     path = Path(path)
     file = str(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise RecipeError(f"{file}: cannot read it ({e.strerror})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{file}: not valid TOML ({e})") from None
-    unknown = set(raw) - TOP_KEYS
-    _expect(
-        not unknown,
-        file,
-        sorted(unknown)[0] if unknown else "",
-        f"one of {', '.join(sorted(TOP_KEYS))}",
-        sorted(unknown),
-    )
+    raw = _read(path)
+    check_fields(raw, TOP_FIELDS, file, "")
     seed = raw.get("seed", 0)
-    _expect(
-        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
-        file,
-        "seed",
-        "an integer >= 0",
-        seed,
-    )
     rec: dict[str, Any] = {
         "name": raw.get("name", path.stem),
         "file": file,
         "description": raw.get("description", ""),
         "seed": seed,
+        "data": parse_data(raw.get("data"), file),
     }
-    data = raw.get("data", {})
-    for k in ("val_size", "train_subset", "test_subset"):
-        if k in data:
-            _expect(
-                isinstance(data[k], int) and data[k] >= 0,
-                file,
-                f"data.{k}",
-                "an integer >= 0",
-                data[k],
-            )
-    rec["data"] = {
-        "val_size": data.get("val_size", 5000),
-        "train_subset": data.get("train_subset"),
-        "test_subset": data.get("test_subset"),
-    }
-    dense = raw.get("dense", {})
-    _expect("dense" in raw, file, "dense", "a table with width and checkpoint or train", None)
-    width = dense.get("width", 1.0)
-    _expect(_is_num(width) and width > 0, file, "dense.width", "a number > 0", width)
-    ck = dense.get("checkpoint", "")
-    _expect(isinstance(ck, str), file, "dense.checkpoint", "a path or URL string", ck)
-    rec["dense"] = {
-        "width": float(width),
-        "checkpoint": ck,
-        "train": train_config(dense.get("train", {}), file, "dense.train", seed),
-    }
-    ev = raw.get("evaluate", {})
-    rec["evaluate"] = {
-        "bf16": bool(ev.get("bf16", False)),
-        "batch_size": int(ev.get("batch_size", 1000)),
-    }
+    rec["model"], rec["dense"] = parse_model_and_dense(raw, file, seed)
+    ev = _section(raw, "evaluate", EVALUATE_FIELDS, file)
+    rec["evaluate"] = {"bf16": ev.get("bf16", False), "batch_size": ev.get("batch_size", 1000)}
     if "sensitivity" in raw:
-        s = raw["sensitivity"]
-        split = s.get("split", "test")
-        _expect(split in ("test", "val"), file, "sensitivity.split", "'test' or 'val'", split)
+        s = _section(raw, "sensitivity", SENSITIVITY_FIELDS, file)
         rec["sensitivity"] = {
-            "sparsities": _sparsities(
+            "sparsities": sparsities(
                 s.get("sparsities", [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]), file, "sensitivity.sparsities"
             ),
-            "split": split,
-            "bf16": bool(s.get("bf16", False)),
+            "split": s.get("split", "test"),
+            "bf16": s.get("bf16", False),
         }
-    p = raw.get("prune", {})
-    scope = p.get("scope", "conv")
-    _expect(scope in ("conv", "all"), file, "prune.scope", "'conv' or 'all'", scope)
-    rec["prune"] = {
-        "scope": scope,
-        "sparsities": _sparsities(p.get("sparsities", [0.4, 0.5, 0.6]), file, "prune.sparsities"),
-    }
-    ft = raw.get("finetune", [])
-    _expect(isinstance(ft, list), file, "finetune", "an array of tables [[finetune]]", ft)
-    runs = []
-    for i, t in enumerate(ft):
-        name = t.get("name", t.get("optimizer", f"run{i}"))
-        _expect(
-            isinstance(name, str) and name.isidentifier(),
+        expect(
+            rec["sensitivity"]["split"] == "test" or has_validation(rec["data"]),
             file,
-            f"finetune[{i}].name",
-            "a short identifier like 'sgd'",
-            name,
+            "sensitivity.split",
+            "'test' when data.val_size is 0 (there is no validation split)",
+            "val",
         )
-        cfg = train_config(t, file, f"finetune[{i}]", seed)
-        cfg.keep_best = True
-        runs.append({"name": name, "config": cfg})
-    rec["finetune"] = runs
-    if "compare" in raw:  # "beyond the study": compare pruning methods (see beyond.py)
-        from .beyond import parse_compare
-
+    p = _section(raw, "prune", PRUNE_FIELDS, file)
+    rec["prune"] = {
+        "scope": p.get("scope", "conv"),
+        "sparsities": sparsities(p.get("sparsities", [0.4, 0.5, 0.6]), file, "prune.sparsities"),
+    }
+    rec["finetune"] = _finetune(raw.get("finetune"), file, seed)
+    if "compare" in raw:  # "beyond the study": compare pruning methods (app.beyond runs it)
+        for k in NOT_WITH_COMPARE:
+            if k in raw:
+                raise RecipeError(
+                    f"{file}: key '{k}' is not used by a [compare] recipe; its settings live "
+                    "under [compare] (sparsities, scope, scan, finetune)"
+                )
         rec["compare"] = parse_compare(raw["compare"], file, seed, rec)
     return rec
 
 
-def _resolved(rec: dict[str, Any]) -> dict[str, Any]:
-    """The recipe with every default filled in, as recorded in the run folder."""
+def resolved_recipe(rec: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with every default filled in, as plain JSON (recorded in the run folder)."""
     return json.loads(json.dumps(rec, default=asdict))
-
-
-def run_recipe(
-    rec: dict[str, Any],
-    data_dir: str | os.PathLike | None,
-    out: str | os.PathLike | None = None,
-    cache: str | os.PathLike | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    fresh: bool = False,
-) -> dict[str, Any]:
-    """Run the study a recipe describes; returns results.json's content."""
-    from .study import Study
-
-    out = Path(out or Path("runs") / rec["name"])
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "recipe.json", _resolved(rec))
-    t0 = time.perf_counter()
-    if "compare" in rec:
-        from .beyond import run_beyond
-
-        results = run_beyond(rec, data_dir, out, cache, torch.device(device), progress, fresh)
-    else:
-        study = Study(rec, data_dir, out, cache, torch.device(device), progress, fresh)
-        results = study.run()
-    print(f"study finished in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
-    return results

@@ -21,6 +21,15 @@ PUBLISHED = {
 }
 
 
+def model_label(dense: dict[str, Any]) -> str:
+    """'VGG width 0.25' for the study's model, 'resnet20(width=0.5)' for others."""
+    spec = dense.get("model") or {"name": "vgg", "kwargs": {"width": dense.get("width")}}
+    kwargs = spec.get("kwargs") or {}
+    if spec["name"] == "vgg":
+        return f"VGG width {kwargs.get('width', dense.get('width', 1.0))}"
+    return f"{spec['name']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+
+
 def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     """Write a matplotlib figure as PNG atomically and close it."""
     path = Path(path)
@@ -155,14 +164,14 @@ def write_report(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
         "",
         r["recipe"].get("description", ""),
         "",
-        f"- dense model: {r['dense']['source']} (VGG width {r['dense']['width']})",
+        f"- dense model: {r['dense']['source']} ({model_label(r['dense'])})",
         f"- data: {r['data']['source']} (fingerprint `{r['data']['fingerprint']}`); "
         f"{r['data']['test_images']} test images, {r['data']['val_images']} validation images "
         "held out of the training set",
         f"- environment: Python {r['environment']['python']}, torch {r['environment']['torch']}, "
         f"prunelab {r['environment']['prunelab']}, {r['environment']['device']}",
         f"- sparsity is measured over the scope's weights ({r['scope']}: "
-        "zeros / weights of every Conv2d); BatchNorm and the classifier are not pruned",
+        "zeros / weights of every layer in scope); BatchNorm and biases are not pruned",
         "",
         "## Pruning without fine-tuning",
         "",

@@ -1,22 +1,36 @@
-"""The study's steps as functions: load splits, train a dense VGG, evaluate, prune,
-fine-tune. The CLI and recipes both call these; users can too."""
+"""The study's steps, each with one home: load data, train a dense model, prune a checkpoint,
+fine-tune a checkpoint (one-shot or gradual), scan into a folder, evaluate. The CLI and every
+recipe flow call these; each works on any registry model or user `module:factory`."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .. import __version__
-from ..data import load_cifar10, split_validation, subset
+from ..data import load_images, split_validation, subset, validation_split
 from ..errors import PrunelabError
-from ..models import VGG, save_checkpoint
+from ..gradual import GradualPruner
+from ..models import build_model, load_model, normalize_of, save_checkpoint
 from ..pruning import Pruner, sparsity_report
-from ..train import FitResult, TrainConfig, evaluate, fit
+from ..sensitivity import (
+    plot_layer_params,
+    plot_sensitivity,
+    plot_weight_histograms,
+    sensitivity_scan,
+    write_scan,
+)
+from ..train import FitResult, TrainConfig, evaluate, fit, reapply_masks
 
 
 @dataclass
@@ -32,6 +46,11 @@ class Splits:
     classes: list[str]
     source: str
     fingerprint: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """('test' | 'val' | 'train') -> (images, labels)."""
@@ -49,23 +68,39 @@ class Splits:
 def load_splits(
     data_dir: str | os.PathLike | None,
     cache: str | os.PathLike | None = None,
-    val_size: int = 5000,
+    val_size: int | None = 5000,
     seed: int = 0,
     train_subset: int | None = None,
     test_subset: int | None = None,
+    image_size: int | None = None,
+    val_fraction: float | None = None,
+    channels: int | None = None,
 ) -> Splits:
-    """CIFAR-10 with a validation set held out of the training images (never the test set)."""
-    data = load_cifar10(data_dir, cache=cache)
+    """Images with a validation set: the tree's val/ folder when it has one, else `val_size`
+    images (or `val_fraction` of train/) held out of the training images, never the test set.
+    `data_dir=None` uses CIFAR-10 in the cache folder (downloaded when absent)."""
+    data = load_images(data_dir, cache=cache, image_size=image_size, channels=channels)
+    for note in data.notes:
+        tqdm.write(f"data: {note}")
     train_x, train_y = data.train_x, data.train_y
+    has_val_folder = data.val_x is not None
+    hold_out = 0 if has_val_folder or val_fraction else (val_size or 0)
     if train_subset:
-        train_x, train_y = subset(train_x, train_y, train_subset + val_size, seed=seed)
+        train_x, train_y = subset(train_x, train_y, train_subset + hold_out, seed=seed)
     test_x, test_y = data.test_x, data.test_y
     if test_subset:
         test_x, test_y = subset(test_x, test_y, test_subset, seed=seed)
-    if val_size:
-        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, val_size, seed=seed)
+    if has_val_folder:
+        val_x, val_y = data.val_x, data.val_y
+    elif val_fraction:
+        part = dataclasses.replace(data, train_x=train_x, train_y=train_y)
+        train_x, train_y, val_x, val_y = validation_split(part, val_fraction, seed=seed)
+    elif hold_out:
+        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, hold_out, seed=seed)
     else:
         val_x, val_y = train_x[:0], train_y[:0]
+    if len(test_y) == 0:
+        raise PrunelabError(f"{data.source}: the test set is empty")
     return Splits(
         train_x,
         train_y,
@@ -76,6 +111,7 @@ def load_splits(
         list(data.classes),
         data.source,
         data.fingerprint(),
+        list(data.notes),
     )
 
 
@@ -83,12 +119,15 @@ def recipe_splits(rec: dict[str, Any], data_dir: Any, cache: Any = None) -> Spli
     """The splits a recipe's [data] table and seed describe (the seed fixes the hold-out)."""
     d = rec["data"]
     return load_splits(
-        data_dir,
+        data_dir if data_dir is not None else d.get("dir"),
         cache,
-        val_size=d["val_size"],
+        val_size=d.get("val_size"),
         seed=rec["seed"],
-        train_subset=d["train_subset"],
-        test_subset=d["test_subset"],
+        train_subset=d.get("train_subset"),
+        test_subset=d.get("test_subset"),
+        image_size=d.get("image_size"),
+        val_fraction=d.get("val_fraction"),
+        channels=d.get("channels"),
     )
 
 
@@ -97,9 +136,12 @@ def data_record(splits: Splits) -> dict[str, Any]:
     return {
         "source": splits.source,
         "fingerprint": splits.fingerprint,
+        "image_shape": list(splits.image_shape),
+        "classes": len(splits.classes),
         "train_images": len(splits.train_y),
         "val_images": len(splits.val_y),
         "test_images": len(splits.test_y),
+        "notes": splits.notes,
     }
 
 
@@ -130,24 +172,71 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
+def norm(model: nn.Module) -> tuple[list[float], list[float]] | None:
+    """The model's recorded input normalisation as evaluate/fit take it (None: inputs in [0, 1])."""
+    n = normalize_of(model)
+    return None if n is None else (n["mean"], n["std"])
+
+
+def _rank0() -> bool:
+    d = torch.distributed
+    return not (d.is_available() and d.is_initialized()) or d.get_rank() == 0
+
+
+def light(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata without bulky entries (histories of parents), for copying into children."""
+    return {k: v for k, v in meta.items() if k != "history"}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_key(model: nn.Module, splits: Splits, parent: str | None = None) -> dict[str, Any]:
+    """What a resumed training run must share with the one that saved its state."""
+    arch = getattr(model, "prunelab_arch", None)
+    return {"model": _digest(arch), "data": splits.fingerprint, "parent": parent}
+
+
+# ---------- steps ----------
+
+
+def evaluate_on(model: nn.Module, splits: Splits, split: str = "test", **kw: Any) -> dict[str, Any]:
+    """The study's metrics of `model` on one split, with the model's own normalisation."""
+    x, y = splits.split(split)
+    return evaluate(model, x, y, len(splits.classes), normalize=norm(model), **kw)
+
+
 def train_dense(
     splits: Splits,
-    width: float,
+    model: str | float,
     cfg: TrainConfig,
     out: str | os.PathLike,
     device: torch.device | str = "cpu",
     resume: bool = False,
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
-) -> tuple[VGG, dict[str, Any]]:
-    """Train a VGG from scratch; save it (published format + metadata) to `out`."""
+    model_args: dict[str, Any] | None = None,
+    normalize: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train `model` (a registry name or module:factory; a number means the study's VGG at
+    that width) from scratch on the splits; save it with its architecture record to `out`."""
     cfg.validate()
+    if not isinstance(model, str):
+        model, model_args = "vgg", {"width": float(model), **(model_args or {})}
     torch.manual_seed(cfg.seed)
-    model = VGG(width=width, num_classes=len(splits.classes))
+    net = build_model(
+        model,
+        model_args,
+        num_classes=len(splits.classes),
+        in_channels=splits.image_shape[0],
+        input_shape=splits.image_shape,
+        normalize=normalize,
+    )
     out = Path(out)
     state = state_path_for(out)
     res = fit(
-        model,
+        net,
         splits.train_x,
         splits.train_y,
         cfg,
@@ -157,18 +246,14 @@ def train_dense(
         device=device,
         progress=progress,
         desc="train",
+        normalize=norm(net),
+        run_key=run_key(net, splits),
     )
-    test = evaluate(
-        model,
-        splits.test_x,
-        splits.test_y,
-        len(splits.classes),
-        batch_size=cfg.eval_batch_size,
-        device=device,
-    )
+    test = evaluate_on(net, splits, batch_size=cfg.eval_batch_size, device=device)
     meta = {
         "produced_by": "prunelab train",
-        "width": width,
+        "model": model,
+        "model_args": model_args or {},
         "test_accuracy": test["accuracy"],
         "val_accuracy": res.history[-1].get("val_accuracy") if res.history else None,
         "sparsity": 0.0,
@@ -180,12 +265,12 @@ def train_dense(
         "source": f"trained by prunelab ({cfg.epochs} epochs, {res.seconds:.0f} s)",
         **(extra_meta or {}),
     }
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    ):  # under torchrun only rank 0 writes
-        save_checkpoint(out, model, meta)
+    if hasattr(net, "width"):
+        meta["width"] = net.width
+    if _rank0():  # under torchrun only rank 0 writes
+        save_checkpoint(out, net, meta)
         state.unlink(missing_ok=True)  # the run finished; its resume state is not needed
-    return model, meta
+    return net, meta
 
 
 def prune(model: nn.Module, plan: Any, scope: str = "conv") -> Pruner:
@@ -195,9 +280,40 @@ def prune(model: nn.Module, plan: Any, scope: str = "conv") -> Pruner:
     return pruner
 
 
+def prune_checkpoint(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    plan: Any,
+    scope: str = "conv",
+    meta: dict[str, Any] | None = None,
+    **load: Any,
+) -> tuple[nn.Module, Pruner]:
+    """Load `src`, magnitude-prune it to `plan` (a sparsity or {layer: sparsity}), save `out`."""
+    model, ck = load_model(src, **load)
+    if ck.get("masks"):
+        raise PrunelabError(
+            f"{src} is already pruned (it holds masks): prune its dense parent instead"
+        )
+    pruner = prune(model, plan, scope=scope)
+    info = dict(light(ck.get("meta", {})))
+    info.update(
+        {
+            "produced_by": "prunelab prune",
+            "parent": str(src),
+            "plan": plan,
+            "scope": scope,
+            "sparsity": sparsity_report(model, scope=scope)["prunable_sparsity"],
+            "layers": pruner.report(),
+            **(meta or {}),
+        }
+    )
+    save_checkpoint(out, model, info, masks=pruner.masks)
+    return model, pruner
+
+
 def finetune(
     model: nn.Module,
-    pruner: Pruner | None,
+    pruner: Any,
     splits: Splits,
     cfg: TrainConfig,
     out: str | os.PathLike | None = None,
@@ -206,11 +322,13 @@ def finetune(
     progress: bool = True,
     desc: str = "finetune",
     step_hook: Any = None,
+    parent: str | None = None,
 ) -> tuple[FitResult, dict[str, float]]:
-    """Fine-tune with the masks held fixed; proves the sparsity did not change.
+    """Fine-tune with the masks held fixed (or growing, with a gradual pruner's hook).
 
-    `out`: the checkpoint the caller will write; the resume state lives beside it
-    (state_path_for) and the caller removes it once that checkpoint is saved."""
+    `out`: the checkpoint the caller will write; the resume state lives beside it."""
+    if pruner is not None and step_hook is None:
+        reapply_masks(model, pruner)  # masks are the truth: edited weights are zeroed (warned)
     before = sparsity_report(model)["prunable_sparsity"] if pruner is not None else 0.0
     val = (splits.val_x, splits.val_y) if len(splits.val_x) else None
     res = fit(
@@ -226,8 +344,123 @@ def finetune(
         progress=progress,
         desc=desc,
         step_hook=step_hook,
+        normalize=norm(model),
+        run_key=run_key(model, splits, parent),
     )
     after = sparsity_report(model)["prunable_sparsity"] if pruner is not None else 0.0
     if step_hook is None and pruner is not None and after != before:
-        raise AssertionError(f"fine-tuning changed sparsity from {before} to {after}")
+        raise PrunelabError(f"fine-tuning changed sparsity from {before} to {after}")
     return res, {"sparsity_before": before, "sparsity_after": after}
+
+
+def finetune_checkpoint(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    splits: Splits | Callable[[], Splits],
+    cfg: TrainConfig,
+    target: Any = None,
+    scope: str = "conv",
+    gradual: dict[str, Any] | None = None,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "finetune",
+    meta: dict[str, Any] | None = None,
+    **load: Any,
+) -> tuple[nn.Module, Any, FitResult, dict[str, float]]:
+    """Load `src`, fine-tune it with its masks fixed (or prune it gradually towards `target`
+    when `gradual` holds the schedule's options), save `out` and clear the resume state.
+
+    `splits` may be a function that loads them: it is called only once the checkpoint and
+    its masks have been checked, so a bad checkpoint is refused before any data is read."""
+    model, ck = load_model(src, **load)
+    masks = ck.get("masks")
+    hook = None
+    if gradual is not None:
+        if masks:
+            raise PrunelabError(
+                f"{src} already holds masks: gradual pruning starts from a dense checkpoint"
+            )
+        if target is None:
+            raise PrunelabError("gradual pruning needs the final sparsity or plan")
+        pruner = GradualPruner(model, target, scope=scope, **gradual)
+        hook = pruner.hook
+        cfg.keep_best = False  # earlier epochs have other masks: keep the final one
+    elif masks:
+        if target is not None:
+            raise PrunelabError(
+                f"{src} is already pruned (it holds masks); fine-tuning keeps its masks: "
+                "omit --sparsity/--plan, or prune the dense parent to the new target"
+            )
+        pruner = Pruner.from_masks(model, masks)
+    elif target is not None:
+        pruner = prune(model, target, scope=scope)
+    else:
+        raise PrunelabError(f"{src} holds no masks: prune it first or give --sparsity")
+    if callable(splits):
+        splits = splits()
+    res, sp = finetune(
+        model,
+        pruner,
+        splits,
+        cfg,
+        out=out,
+        resume=resume,
+        device=device,
+        progress=progress,
+        desc=desc,
+        step_hook=hook,
+        parent=str(src),
+    )
+    if gradual is not None and not pruner.frozen:
+        raise PrunelabError(
+            f"{desc}: the schedule did not reach the target "
+            f"(at {pruner.current}, target {pruner.final_overall})"
+        )
+    test = evaluate_on(model, splits, device=device)
+    info = dict(light(ck.get("meta", {})))
+    info.update(
+        {
+            "produced_by": "prunelab finetune",
+            "parent": str(src),
+            "test_accuracy": test["accuracy"],
+            "history": res.history,
+            "best_epoch": res.best_epoch,
+            "seconds": res.seconds,
+            **sp,
+            "sparsity": sparsity_report(model)["prunable_sparsity"],
+            **({"updates": pruner.updates, "plan": target} if gradual is not None else {}),
+            **(meta or {}),
+        }
+    )
+    if _rank0():
+        save_checkpoint(out, model, info, masks=pruner.masks)
+    state_path_for(out).unlink(missing_ok=True)  # every torchrun rank gets here: no race
+    return model, pruner, res, {**sp, "test_accuracy": test["accuracy"]}
+
+
+def scan_to_folder(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    out: str | os.PathLike,
+    figures: str | os.PathLike | None = None,
+    extra: dict[str, Any] | None = None,
+    plots: tuple[str, ...] = ("sensitivity", "layer_params"),
+    **scan: Any,
+) -> dict[str, Any]:
+    """Run the per-layer sensitivity scan and write sensitivity.{json,csv} into `out`, and
+    its figures into `figures` (default: `out`)."""
+    res = sensitivity_scan(model, x, y, normalize=norm(model), **scan)
+    res.update(extra or {})
+    res["images"] = len(y)
+    out = Path(out)
+    figs = Path(figures) if figures is not None else out
+    if "sensitivity" in plots:
+        plot_sensitivity(res, figs / "sensitivity.png")
+    if "layer_params" in plots:
+        plot_layer_params(model, figs / "layer_params.png")
+    if "weights" in plots:
+        plot_weight_histograms(model, figs / "weight_histograms.png")
+    write_scan(res, out / "sensitivity.json", out / "sensitivity.csv")
+    return res

@@ -3,34 +3,36 @@ fine-tune -> report. Each step's output file is its 'done' marker."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from ..data import subset
 from ..errors import PrunelabError
 from ..fileio import write_json
-from ..models import VGG, load_model, save_checkpoint
-from ..pruning import Pruner, sparsity_report
-from ..sensitivity import (
-    plot_layer_params,
-    plot_sensitivity,
-    plot_weight_histograms,
-    sensitivity_scan,
-    write_scan,
-)
-from ..train import evaluate
-from .report import PUBLISHED, plot_confusion_grid, plot_curves, write_report
+from ..models import load_model, save_checkpoint
+from ..pruning import sparsity_report
+from ..safeload import load_tensors
+from ..sensitivity import plot_weight_histograms
+from .recipes import step_tag
+from .report import PUBLISHED, model_label, plot_confusion_grid, plot_curves, write_report
 from .steps import (
     Splits,
     data_record,
     environment,
-    finetune,
+    evaluate_on,
+    finetune_checkpoint,
+    light,
+    prune_checkpoint,
     recipe_splits,
+    scan_to_folder,
     state_path_for,
     summarize,
     train_dense,
@@ -38,7 +40,8 @@ from .steps import (
 
 
 def tag(s: float) -> str:
-    return f"s{s:.2f}"
+    """A sparsity in file names: s0.40 (more digits only where two decimals are not exact)."""
+    return step_tag(s)
 
 
 class Study:
@@ -64,17 +67,48 @@ class Study:
         """Whether a training step for `output` was stopped and left a state to resume from."""
         return state_path_for(output).exists()
 
-    def step(self, name: str, output: Path, fn: Callable[[], Any]) -> None:
-        """Run `fn` unless `output` already exists (a finished step); time it."""
+    def step(self, name: str, output: Path, fn: Callable[[], Any], settings: dict[str, Any]) -> str:
+        """Run `fn` unless `output` exists and was made with the same `settings`; time it.
+
+        Each output has a `<output>.settings.json` beside it; a step whose settings changed
+        is redone, saying so. Returns the settings' digest, which child steps include in
+        theirs, so editing a parent step redoes everything made from it."""
+        digest = settings_digest(settings)
+        record = output.with_name(output.name + ".settings.json")
         if output.exists() and not self.fresh:
-            tqdm.write(f"[skip] {name}: {output} exists")
-            return
-        tqdm.write(f"[step] {name}")
+            old = json.loads(record.read_text()) if record.exists() else None
+            if old is not None and old.get("digest") == digest:
+                tqdm.write(f"[skip] {name}: {output} exists, same settings")
+                return digest
+            why = changed_setting(old.get("settings") if old else None, settings)
+            tqdm.write(f"[redo] {name}: {why}")
+            output.unlink()
+        state = state_path_for(output)
+        if state.exists() and not self.fresh:
+            try:
+                saved = load_tensors(state, "training state")
+                where = f"epoch {saved['epoch'] + 1}, batch {saved['batch']}"
+            except (PrunelabError, KeyError, TypeError):
+                where = "its saved state"
+            tqdm.write(f"[resume] {name}: from {state} ({where})")
+        else:
+            tqdm.write(f"[step] {name}")
         t0 = time.perf_counter()
         fn()
         self.timings[name] = time.perf_counter() - t0
         if not output.exists():
             raise PrunelabError(f"step {name} finished without writing {output}")
+        write_json(record, {"digest": digest, "settings": plain(settings)})
+        return digest
+
+    def load(self, path: Path | str) -> tuple[Any, dict[str, Any]]:
+        """Read back a model this run wrote (a user's module:factory is named by the recipe)."""
+        m = self.model_spec
+        return load_model(path, self.cache, model=m["name"] if ":" in m["name"] else None)
+
+    @property
+    def model_spec(self) -> dict[str, Any]:
+        return self.rec["model"]
 
     def run(self) -> dict[str, Any]:
         rec, out = self.rec, self.out
@@ -86,14 +120,24 @@ class Study:
         sens = None
         if "sensitivity" in rec:
             sens_json = out / "sensitivity" / "sensitivity.json"
-            self.step("sensitivity scan", sens_json, lambda: self._sensitivity(dense, splits))
+            self.step(
+                "sensitivity scan",
+                sens_json,
+                lambda: self._sensitivity(dense, splits),
+                {"dense": self.dense_digest, "scan": rec["sensitivity"], "data": rec["data"]},
+            )
             sens = json.loads(sens_json.read_text())
         scope = rec["prune"]["scope"]
         ft_rows, ft_runs, histories, confusions = [], [], {}, [("dense", rows[0]["cm"])]
         for s in rec["prune"]["sparsities"]:
             p_path = out / "pruned" / f"{tag(s)}.pth"
-            self.step(f"prune {s:.2f}", p_path, lambda s=s, p=p_path: self._prune(dense_path, s, p))
-            model, ck = load_model(p_path)
+            p_digest = self.step(
+                f"prune {s:.2f}",
+                p_path,
+                lambda s=s, p=p_path: self._prune(dense_path, s, p),
+                {"dense": self.dense_digest, "sparsity": s, "scope": scope},
+            )
+            model, ck = self.load(p_path)
             row = self._evaluated(tag(s), model, splits, s)
             rows.append(row)
             confusions.append((f"{tag(s)} before fine-tuning", row["cm"]))
@@ -105,8 +149,9 @@ class Study:
                     f"finetune {name}",
                     f_path,
                     lambda p=p_path, f=f_path, r=run, n=name: self._finetune(p, f, r, splits, n),
+                    {"pruned": p_digest, "config": run["config"], "data": rec["data"]},
                 )
-                fmodel, fck = load_model(f_path)
+                fmodel, fck = self.load(f_path)
                 frow = self._evaluated(name, fmodel, splits, s)
                 after[run["name"]] = frow["accuracy"]
                 histories[name] = fck["meta"]["history"]
@@ -134,7 +179,7 @@ class Study:
         if histories:
             plot_curves(histories, figs / "finetune_curves.png")
         plot_weight_histograms(dense, figs / "weights_dense.png", title="dense weights")
-        last_pruned = load_model(out / "pruned" / f"{tag(rec['prune']['sparsities'][-1])}.pth")[0]
+        last_pruned = self.load(out / "pruned" / f"{tag(rec['prune']['sparsities'][-1])}.pth")[0]
         plot_weight_histograms(
             last_pruned,
             figs / "weights_pruned.png",
@@ -144,8 +189,9 @@ class Study:
             "recipe": {"name": rec["name"], "file": rec["file"], "description": rec["description"]},
             "dense": {
                 "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
-                "width": dense.width,
-                "meta": _light(dense_ckpt["meta"]),
+                "model": self.model_spec,
+                "width": getattr(dense, "width", None),
+                "meta": light(dense_ckpt["meta"]),
             },
             "data": data_record(splits),
             "environment": environment(),
@@ -172,115 +218,101 @@ class Study:
         return results
 
     # ----- steps -----
-    def dense_model(self, splits: Splits) -> tuple[Path, VGG, dict[str, Any]]:
-        """The dense model: trained (or fetched) by the first run, read back by later ones."""
+    def dense_model(self, splits: Splits) -> tuple[Path, Any, dict[str, Any]]:
+        """The dense model: trained (or read from a checkpoint) by the first run, read back by
+        later ones."""
         path = self.out / "dense" / "model.pth"
-        self.step("dense model", path, lambda: self._dense(splits, path))
-        return (path, *load_model(path))
+        d = self.rec["dense"]
+        settings = {"model": self.model_spec, "train": d["train"], "data": self.rec["data"]}
+        self.dense_digest = self.step(
+            "dense model", path, lambda: self._dense(splits, path), settings
+        )
+        return (path, *self.load(path))
 
     def _dense(self, splits: Splits, path: Path) -> None:
-        d = self.rec["dense"]
-        if d["checkpoint"]:
+        m = self.model_spec
+        if m["checkpoint"]:
+            spec = m["name"] if ":" in m["name"] else None
             try:
-                model, ck = load_model(d["checkpoint"], self.cache)
+                model, ck = load_model(m["checkpoint"], self.cache, model=spec)
             except PrunelabError as e:
-                if not d["checkpoint"].startswith(("http://", "https://")):
+                if not m["checkpoint"].startswith(("http://", "https://")):
                     raise
                 tqdm.write(f"dense checkpoint unreachable ({e}); training one instead")
             else:
                 meta = dict(ck.get("meta", {}))
-                meta["source"] = f"checkpoint {d['checkpoint']}"
+                meta["source"] = f"checkpoint {m['checkpoint']}"
                 save_checkpoint(path, model, meta)
                 return
         train_dense(
             splits,
-            d["width"],
-            d["train"],
+            m["name"],
+            self.rec["dense"]["train"],
             path,
             device=self.device,
             resume=self.interrupted(path),
             progress=self.progress,
+            model_args=m["kwargs"],
+            normalize=self.rec["data"].get("normalize"),
         )
 
-    def _sensitivity(self, model: VGG, splits: Splits) -> None:
+    def _sensitivity(self, model: Any, splits: Splits) -> None:
         s = self.rec["sensitivity"]
-        x, y = splits.split(s["split"])
-        res = sensitivity_scan(
+        x, y = scan_images(splits, s["split"], self.rec["data"].get("scan_subset"), self.rec)
+        scan_to_folder(
             model,
             x,
             y,
+            self.out / "sensitivity",
+            figures=self.out / "figures",
+            extra={"split": s["split"]},
             sparsities=s["sparsities"],
             scope=self.rec["prune"]["scope"],
             device=self.device,
             bf16=s["bf16"],
             progress=self.progress,
         )
-        res["split"], res["images"] = s["split"], len(y)
-        figs = self.out / "figures"
-        plot_sensitivity(res, figs / "sensitivity.png")
-        plot_layer_params(model, figs / "layer_params.png")
-        write_scan(
-            res,
-            self.out / "sensitivity" / "sensitivity.json",
-            self.out / "sensitivity" / "sensitivity.csv",
-        )
 
     def _prune(self, dense_path: Path, s: float, path: Path) -> None:
-        model, ck = load_model(dense_path)
-        pruner = Pruner(model, s, scope=self.rec["prune"]["scope"])
-        pruner.apply()
-        meta = dict(ck["meta"])
-        meta.update(
-            {
-                "produced_by": "prunelab run: prune",
-                "target_sparsity": s,
-                "sparsity": sparsity_report(model)["prunable_sparsity"],
-                "layers": pruner.report(),
-            }
+        spec = self.model_spec["name"]
+        prune_checkpoint(
+            dense_path,
+            path,
+            s,
+            scope=self.rec["prune"]["scope"],
+            meta={"produced_by": "prunelab run: prune", "target_sparsity": s},
+            cache=self.cache,
+            model=spec if ":" in spec else None,
         )
-        save_checkpoint(path, model, _light(meta), masks=pruner.masks)
 
     def _finetune(
         self, pruned: Path, path: Path, run: dict[str, Any], splits: Splits, name: str
     ) -> None:
-        model, ck = load_model(pruned)
-        pruner = Pruner.from_masks(model, ck["masks"])
-        res, sp = finetune(
-            model,
-            pruner,
+        spec = self.model_spec["name"]
+        finetune_checkpoint(
+            pruned,
+            path,
             splits,
             run["config"],
-            out=path,
             resume=self.interrupted(path),
             device=self.device,
             progress=self.progress,
             desc=f"finetune {name}",
+            meta={"produced_by": "prunelab run: finetune"},
+            cache=self.cache,
+            model=spec if ":" in spec else None,
         )
-        meta = dict(_light(ck["meta"]))
-        meta.update(
-            {
-                "produced_by": "prunelab run: finetune",
-                "history": res.history,
-                "best_epoch": res.best_epoch,
-                **sp,
-                "seconds": res.seconds,
-            }
-        )
-        save_checkpoint(path, model, meta, masks=pruner.masks)
-        state_path_for(path).unlink(missing_ok=True)
 
-    def _evaluated(self, name: str, model: VGG, splits: Splits, target: float) -> dict[str, Any]:
+    def _evaluated(self, name: str, model: Any, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json."""
         path = self.out / "eval" / f"{name}.json"
         if path.exists() and not self.fresh:
             m = json.loads(path.read_text())
         else:
             ev = self.rec["evaluate"]
-            m = evaluate(
+            m = evaluate_on(
                 model,
-                splits.test_x,
-                splits.test_y,
-                len(splits.classes),
+                splits,
                 batch_size=ev["batch_size"],
                 device=self.device,
                 bf16=ev["bf16"],
@@ -305,9 +337,43 @@ class Study:
         return row
 
 
-def _light(meta: dict[str, Any]) -> dict[str, Any]:
-    """Metadata without bulky entries (histories of parents), for copying into children."""
-    return {k: v for k, v in meta.items() if k not in ("history",)}
+def scan_images(
+    splits: Splits, split: str, n: int | None, rec: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images a scan runs on: a split, or a seeded class-balanced subset of it."""
+    x, y = splits.split(split)
+    if n and n < len(y):
+        x, y = subset(x, y, n, seed=rec["seed"])
+    return x, y
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(plain(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plain(obj: Any) -> Any:
+    """Settings as JSON types (dataclasses become dicts)."""
+    return json.loads(json.dumps(obj, default=lambda o: asdict(o) if is_dataclass(o) else str(o)))
+
+
+def changed_setting(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """Say which setting differs between two runs of a step (first difference found)."""
+    if old is None:
+        return "no settings record beside its output (made by an older prunelab)"
+    old, new = _flat(old), _flat(plain(new))
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            return f"settings changed ({k}: {old.get(k)!r} -> {new.get(k)!r})"
+    return "settings changed"
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def _sens_summary(sens: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -358,15 +424,16 @@ def differences(r: dict[str, Any], rec: dict[str, Any]) -> list[str]:
             "Data: CIFAR-10 re-encoded as JPEG (quality 75), not the official lossless "
             "images; accuracies are a little lower for the same model."
         )
-    if r["dense"]["width"] != 1.0:
+    if r["dense"].get("model", {}).get("name", "vgg") != "vgg":
+        out.append(f"Model: {model_label(r['dense'])}, not the study's VGG.")
+    elif r["dense"]["width"] != 1.0:
         out.append(
             f"Model: a VGG of width {r['dense']['width']} "
             f"(channel counts x{r['dense']['width']}), not the full-width VGG."
         )
     if not r["dense"]["source"].startswith("checkpoint"):
         out.append(
-            "Checkpoint: the dense model was trained by prunelab, not the study's "
-            "pretrained file (which cannot be downloaded here)."
+            "Checkpoint: the dense model was trained by prunelab, not the study's pretrained file."
         )
     for run in rec["finetune"]:
         if run["config"].epochs != 5:

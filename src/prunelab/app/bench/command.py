@@ -59,19 +59,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a trained checkpoint instead of a random VGG (its width wins)",
     )
-    p.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="CIFAR-10 (an image-folder tree or the python archive; default: the cache "
+        "folder's copy, downloaded when absent)",
+    )
+    p.add_argument("--cache-dir", default=None, help="downloads and decoded data")
     p.add_argument("--n-eval", type=at_least_one, default=1000, help="test images to evaluate")
     p.add_argument("--n-train", type=at_least_one, default=768, help="training images per path")
-    p.add_argument("--train-batch-size", type=at_least_one, default=256)
+    p.add_argument(
+        "--train-batch-size", type=at_least_one, default=256, help="images per training step"
+    )
     p.add_argument("--n-scan", type=at_least_one, default=200, help="test images for the scan")
     p.add_argument(
+        "--sparsities",
         "--scan-sparsities",
+        dest="scan_sparsities",
         type=sparsity_list,
         default="0.5,0.9",
         help="sparsities scanned (default 0.5,0.9; the study's 6 are extrapolated)",
     )
-    p.add_argument("--eval-batch-size", type=at_least_one, default=1000)
+    p.add_argument(
+        "--eval-batch-size", type=at_least_one, default=1000, help="images per eval batch"
+    )
     p.add_argument(
         "--reps",
         type=at_least_one,
@@ -82,7 +93,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads", type=at_least_one, default=None, help="torch threads (default: torch's)"
     )
     p.add_argument("--peak-size", type=at_least_one, default=4096, help="n of the n^3 peak GEMM")
-    p.add_argument("--no-fold", action="store_true", help="skip the BN-folded eval rows")
+    p.add_argument(
+        "--no-fold-bn",
+        "--no-fold",
+        dest="no_fold",
+        action="store_true",
+        help="skip the BN-folded eval rows",
+    )
     p.add_argument("--no-scan-bf16", action="store_true", help="skip the bf16 scan row")
     p.add_argument(
         "--no-profile", action="store_true", help="do not profile paths below the peak goal"
@@ -100,7 +117,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also time the quick study end to end, both ways (10+ minutes)",
     )
-    p.add_argument("--recipe", default="recipes/quick.toml", help="recipe for --study")
+    p.add_argument("--recipe", default="quick", help="recipe for --study (default quick)")
     p.add_argument("--json", default=None, help="write rows, goals and peak here")
     p.add_argument("--plot", default=None, help="draw speed-ups and fractions of peak to this PNG")
 

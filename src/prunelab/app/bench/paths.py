@@ -282,9 +282,11 @@ def bench_scan(
 
 def bench_study(recipe: str | Path, data_dir: Any, cache: Any) -> list[Row]:
     """Seconds of the whole quick study, prunelab's `run` against the baseline's steps."""
-    from ..recipes import load_recipe, run_recipe
+    from ..recipes import load_recipe
+    from ..run import run_recipe
+    from ..shipped import find_recipe
 
-    rec = load_recipe(recipe)
+    rec = load_recipe(find_recipe(str(recipe)))
     with tempfile.TemporaryDirectory() as tmp:
         t_fast, res = timed(
             lambda: run_recipe(

@@ -1,0 +1,61 @@
+"""Bad input about models and image trees: one line naming the problem, exit status 2, no
+traceback, nothing written."""
+
+import pytest
+import torch
+from PIL import Image
+from test_cli_any_model import write_tree
+from torch import nn
+
+from prunelab.app.cli import main
+from prunelab.models import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad-any")
+    write_tree(d / "good", train=4, test=2)
+    diff = write_tree(d / "differ", train=2, test=2)
+    (diff / "test" / "blue").rename(diff / "test" / "purple")
+    write_tree(d / "single", classes=("only",), train=2, test=2)
+    mixed = write_tree(d / "mixed", train=2, test=2)
+    Image.new("RGB", (24, 24)).save(mixed / "train" / "red" / "odd.png")
+    torch.save({"state_dict": nn.Linear(3, 2).state_dict()}, d / "bare.pth")
+    record = {"format": 2, "model": "resnet99", "kwargs": {}, "input_shape": [3, 32, 32],
+              "normalize": None, "channels": None}  # fmt: skip
+    save_checkpoint(d / "unknown_arch.pth", nn.Linear(3, 2), arch=record)
+    return d
+
+
+def cases(d):
+    out = str(d / "out.pth")
+    train = ["train", "--epochs", "1", "--batch-size", "2", "--val-size", "0", "--out", out]
+    return [
+        (["evaluate", str(d / "bare.pth"), "--data-dir", str(d / "good")], "--model"),
+        (["evaluate", str(d / "unknown_arch.pth"), "--data-dir", str(d / "good")], "resnet99"),
+        ([*train, "--data-dir", str(d / "differ")], "purple"),
+        ([*train, "--data-dir", str(d / "single")], "class"),
+        ([*train, "--data-dir", str(d / "mixed")], "--image-size"),
+        ([*train, "--data-dir", str(d / "good"), "--image-size", "0"], "image-size"),
+        ([*train, "--data-dir", str(d / "good"), "--device", "tpu"], "tpu"),
+        ([*train, "--data-dir", str(d / "good"), "--device", "mps"], "mps"),
+        ([*train, "--data-dir", str(d / "good"), "--seed", str(2**64)], "seed"),
+        ([*train, "--data-dir", str(d / "good"), "--threads", "0"], "threads"),
+        ([*train, "--data-dir", str(d / "good"), "--test-subset", "0"], "test-subset"),
+        (["plan", str(d / "bare.pth"), "--model", "x:y", "--global", "--sparsity", "5"], "5"),
+    ]
+
+
+def test_each_bad_input_is_one_line_exit_2_nothing_written(d, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(d / "cache"))
+    failures = []
+    for argv, needle in cases(d):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err.strip()
+        ok = code == 2 and needle in err and "Traceback" not in err and len(err.splitlines()) == 1
+        if not ok or (d / "out.pth").exists():
+            failures.append(f"{argv}: exit {code}, stderr {err!r}")
+    assert failures == []
