@@ -14,14 +14,24 @@ from ..errors import PrunelabError
 
 
 def check_out(*paths: str | None) -> None:
-    """Fail before working if an output location cannot be written."""
+    """Fail before working if an output file cannot be written (or is an existing folder)."""
     from ..fileio import ensure_writable
 
     for path in paths:
         if path is not None:
-            if Path(path).is_dir() and Path(path).suffix:
+            if Path(path).is_dir():
                 raise PrunelabError(f"{path} is a directory; expected a file path")
-            ensure_writable(Path(path))
+            ensure_writable(Path(path).parent / "_")
+
+
+def check_out_dir(path: str | None) -> None:
+    """Fail before working if an output folder cannot be made (or exists as a file)."""
+    from ..fileio import ensure_writable
+
+    if path is not None:
+        if Path(path).exists() and not Path(path).is_dir():
+            raise PrunelabError(f"{path} exists and is a file; expected a folder")
+        ensure_writable(Path(path) / "_")
 
 
 def device(args: argparse.Namespace):
@@ -220,7 +230,7 @@ def prune(args: argparse.Namespace) -> int:
 def sensitivity(args: argparse.Namespace) -> int:
     from .steps import scan_to_folder
 
-    check_out(args.out)
+    check_out_dir(args.out)
     dev = device(args)
     model, _ = load(args)
     x, y = splits(args, need_val=args.split == "val").split(args.split)
@@ -341,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     from .shipped import find_recipe
 
     recipe = load_recipe(find_recipe(args.recipe))
-    check_out(args.out)
+    check_out_dir(args.out)
     run_recipe(
         recipe,
         data_dir=args.data_dir,

@@ -423,6 +423,7 @@ def finetune_checkpoint(
         {
             "produced_by": "prunelab finetune",
             "parent": str(src),
+            "config": asdict(cfg),
             "test_accuracy": test["accuracy"],
             "history": res.history,
             "best_epoch": res.best_epoch,

@@ -1,0 +1,114 @@
+"""Steps are reused only when their settings are the same; outputs that are folders or
+files where the other is expected are refused first; edited masks are re-applied, not
+trained on and then failed."""
+
+import pytest
+import torch
+
+from prunelab.app.cli import main
+from prunelab.models import load_model, save_checkpoint
+from prunelab.pruning import Pruner
+
+RECIPE = """
+name = "steps"
+seed = 0
+
+[model]
+name = "vgg"
+width = 0.125
+
+[data]
+val_size = 64
+train_subset = 256
+test_subset = 64
+
+[dense.train]
+epochs = 1
+batch_size = 64
+
+[prune]
+sparsities = [0.5]
+
+[[finetune]]
+name = "sgd"
+optimizer = "sgd"
+lr = {lr}
+schedule = "cosine"
+epochs = 1
+batch_size = 64
+"""
+
+
+def _run(tmp_path, jpeg_root, cifar_cache, lr, capsys):
+    recipe = tmp_path / "steps.toml"
+    recipe.write_text(RECIPE.format(lr=lr))
+    argv = ["run", str(recipe), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache)]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    return capsys.readouterr().out + capsys.readouterr().err
+
+
+def test_edited_recipe_redoes_only_the_changed_step(tmp_path, jpeg_root, cifar, cifar_cache, capfd):
+    first = _run(tmp_path, jpeg_root, cifar_cache, 0.01, capfd)
+    assert "[step] finetune" in first
+    ft = tmp_path / "run" / "finetune" / "s0.50-sgd.pth"
+    before = ft.stat().st_mtime_ns
+    same = _run(tmp_path, jpeg_root, cifar_cache, 0.01, capfd)
+    assert "[skip] finetune" in same and ft.stat().st_mtime_ns == before
+    changed = _run(tmp_path, jpeg_root, cifar_cache, 0.02, capfd)
+    assert "[skip] dense model" in changed and "[skip] prune" in changed
+    assert "[redo] finetune s0.50-sgd" in changed and "0.01 -> 0.02" in changed
+    assert ft.stat().st_mtime_ns != before
+    assert load_model(ft)[1]["meta"]["config"]["lr"] == 0.02
+
+
+@pytest.fixture()
+def pruned(tmp_path):
+    from prunelab.models import VGG
+
+    torch.manual_seed(0)
+    model = VGG(width=0.125)
+    pruner = Pruner(model, 0.5)
+    pruner.apply()
+    with torch.no_grad():  # someone edits masked weights back to non-zero
+        w = model.backbone.conv1.weight
+        w[~pruner.masks["backbone.conv1.weight"]] = 0.5
+    return save_checkpoint(tmp_path / "edited.pth", model, masks=pruner.masks)
+
+
+def test_finetune_reapplies_edited_masks_and_warns(tmp_path, pruned, jpeg_root, cifar_cache):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ft.pth"
+    r = subprocess.run(
+        [sys.executable, "-m", "prunelab", "finetune", str(pruned), "--data-dir", str(jpeg_root),
+         "--cache-dir", str(cifar_cache), "--train-subset", "128", "--test-subset", "64",
+         "--val-size", "0", "--epochs", "1", "--batch-size", "64", "--no-progress",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "non-zero at masked positions" in r.stderr
+    assert not (tmp_path / "ft.pth.state").exists()
+    model, ck = load_model(out)
+    w = model.backbone.conv1.weight
+    assert int(torch.count_nonzero(w[~ck["masks"]["backbone.conv1.weight"]])) == 0
+
+
+def test_outputs_of_the_wrong_kind_are_refused_first(tmp_path, pruned, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    afile = tmp_path / "a_file"
+    afile.write_text("keep me")
+    cases = [
+        (["prune", str(pruned), "--sparsity", "0.5", "--out", str(folder)], "is a directory"),
+        (["sparsity", str(pruned), "--json", str(folder)], "is a directory"),
+        (["run", "quick", "--out", str(afile)], "is a file"),
+        (["sensitivity", str(pruned), "--out", str(afile)], "is a file"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert afile.read_text() == "keep me" and list(folder.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "edited.pth"]
