@@ -24,6 +24,13 @@ def d(tmp_path_factory):
     record = {"format": 2, "model": "resnet99", "kwargs": {}, "input_shape": [3, 32, 32],
               "normalize": None, "channels": None}  # fmt: skip
     save_checkpoint(d / "unknown_arch.pth", nn.Linear(3, 2), arch=record)
+    from prunelab.models import VGG
+
+    vgg = VGG(width=0.125).state_dict()
+    nan = {**vgg, "backbone.conv2.weight": vgg["backbone.conv2.weight"].clone().fill_(float("nan"))}
+    torch.save({"state_dict": nan}, d / "nan.pth")
+    torch.save({"state_dict": vgg, "masks": [1, 2]}, d / "mask_list.pth")
+    torch.save({"state_dict": vgg, "meta": "not a dict"}, d / "meta_str.pth")
     return d
 
 
@@ -42,6 +49,10 @@ def cases(d):
         ([*train, "--data-dir", str(d / "good"), "--seed", str(2**64)], "seed"),
         ([*train, "--data-dir", str(d / "good"), "--threads", "0"], "threads"),
         ([*train, "--data-dir", str(d / "good"), "--test-subset", "0"], "test-subset"),
+        (["evaluate", str(d / "nan.pth"), "--data-dir", str(d / "good")], "backbone.conv2"),
+        (["sparsity", str(d / "nan.pth")], "NaN"),
+        (["finetune", str(d / "mask_list.pth"), "--out", out], "masks"),
+        (["sparsity", str(d / "meta_str.pth")], "meta"),
         (["plan", str(d / "bare.pth"), "--model", "x:y", "--global", "--sparsity", "5"], "5"),
     ]
 

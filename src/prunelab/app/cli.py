@@ -47,6 +47,7 @@ def _global_opts(p: argparse.ArgumentParser, top: bool = False) -> None:
         "--threads",
         type=at_least_one,
         default=default,
+        metavar="N",
         help="CPU threads for torch (default: torch's choice, one per core); on a busy "
         "machine 1 can be faster than 2",
     )
@@ -54,10 +55,11 @@ def _global_opts(p: argparse.ArgumentParser, top: bool = False) -> None:
 
 def _checkpoint(p: argparse.ArgumentParser, what: str = "checkpoint to read (file or URL)") -> None:
     """The checkpoint is the first positional argument; --checkpoint is kept as an alias."""
-    p.add_argument("checkpoint", nargs="?", type=existing_file, help=what)
+    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", type=existing_file, help=what)
     p.add_argument(
         "--checkpoint",
         dest="checkpoint_opt",
+        metavar="CHECKPOINT",
         type=existing_file,
         default=None,
         help="the same as the positional CHECKPOINT (kept for existing scripts)",

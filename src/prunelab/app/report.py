@@ -27,7 +27,8 @@ def model_label(dense: dict[str, Any]) -> str:
     kwargs = spec.get("kwargs") or {}
     if spec["name"] == "vgg":
         return f"VGG width {kwargs.get('width', dense.get('width', 1.0))}"
-    return f"{spec['name']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"{spec['name']}({args})" if args else spec["name"]
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> Path:
@@ -177,9 +178,9 @@ def write_report(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
         "",
         study_table(r["models"]),
         "",
-        "Precision, recall (sensitivity), specificity and F1 are macro averages over the 10 "
-        "classes. *Published* is the seed study's number (pretrained full-width VGG, official "
-        "lossless test images).",
+        "Precision, recall (sensitivity), specificity and F1 are macro averages over the "
+        f"{r['data'].get('classes', 10)} classes. *Published* is the seed study's number "
+        "(pretrained full-width VGG, official lossless test images).",
         "",
     ]
     if r.get("finetune"):

@@ -159,11 +159,22 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "prunelab": __version__,
-        "device": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
         "threads": torch.get_num_threads(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), so a timing says which machine made it."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
