@@ -1,0 +1,197 @@
+"""Latency measurement: result shape, interleaving, ratios, thread restore, errors, layer timing.
+
+No timing thresholds: where exact numbers are checked, a fake clock makes them exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_matrix import MATRIX
+from torch import nn
+
+from prunelab import latency
+from prunelab.errors import PrunelabError
+from prunelab.latency import layer_latency, measure_latency
+from prunelab.latency_report import format_latency_table
+from prunelab.models import VGG, resnet20
+
+FAST = {"warmup": 0, "reps": 2, "min_seconds": 0}
+CALLS: list[tuple[str, int]] = []  # module level: a model's deepcopy still appends here
+CLOCK = [0.0]
+
+
+class Recorder(nn.Module):
+    """Appends (tag, batch size) to CALLS on every forward."""
+
+    def __init__(self, tag: str):
+        super().__init__()
+        self.tag = tag
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CALLS.append((self.tag, x.shape[0]))
+        return self.fc(x)
+
+
+class Costly(nn.Module):
+    """Advances the fake clock by `ms` per forward: a model whose latency is known exactly."""
+
+    def __init__(self, ms: float):
+        super().__init__()
+        self.ms = ms
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CLOCK[0] += self.ms / 1000
+        return self.fc(x)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    CLOCK[0] = 0.0
+    monkeypatch.setattr(latency, "perf_counter", lambda: CLOCK[0])
+
+
+def test_result_structure_and_settings():
+    models = {"dense": VGG(width=0.125), "small": VGG(width=0.0625)}
+    r = measure_latency(models, batch_sizes=(1, 3), threads=1, **FAST)
+    assert r["baseline"] == "dense" and r["models"] == ["dense", "small"]
+    assert [(row["model"], row["batch_size"]) for row in r["rows"]] == [
+        ("dense", 1), ("small", 1), ("dense", 3), ("small", 3),
+    ]  # fmt: skip
+    for row in r["rows"]:
+        assert row["reps"] == 2
+        assert row["min_ms"] <= row["p25_ms"] <= row["median_ms"] <= row["p75_ms"] <= row["max_ms"]
+        assert row["iqr_ms"] == pytest.approx(row["p75_ms"] - row["p25_ms"])
+        assert row["ms_per_image"] == pytest.approx(row["median_ms"] / row["batch_size"])
+        assert row["images_per_s"] == pytest.approx(1000 * row["batch_size"] / row["median_ms"])
+    s = r["settings"]
+    assert s["threads"] == 1 and s["batch_sizes"] == [1, 3] and s["dtype"] == "fp32"
+    assert s["warmup"] == 0 and s["reps"] == 2 and s["device"] == "cpu" and s["fold_bn"] is True
+    assert s["torch"] == str(torch.__version__) and s["cpu"]
+    assert s["input_shapes"] == {"dense": [3, 32, 32], "small": [3, 32, 32]}
+
+
+def test_models_are_interleaved_in_rotated_order():
+    CALLS.clear()
+    models = {t: Recorder(t) for t in "abc"}
+    measure_latency(models, input_shape=(4,), batch_sizes=(1,), warmup=1, reps=3, min_seconds=0)
+    timed = [tag for tag, batch in CALLS if batch == 1]
+    warm, rounds = timed[:3], timed[3:]
+    assert warm == ["a", "b", "c"]
+    assert rounds == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_min_seconds_adds_rounds(fake_clock):
+    models = {"a": Costly(15.625)}  # 1/64 s: exact in binary, so the sums are exact
+    r = measure_latency(
+        models, input_shape=(4,), batch_sizes=(1,), warmup=0, reps=2, min_seconds=0.125
+    )
+    assert r["rows"][0]["reps"] == 8  # rounds added until the timed ones reach 125 ms
+
+
+def test_ratios_against_first_model(fake_clock):
+    models = {"dense": Costly(4.0), "pruned": Costly(1.0), "wider": Costly(8.0)}
+    r = measure_latency(models, input_shape=(4,), batch_sizes=(1, 2), **FAST)
+    by = {(row["model"], row["batch_size"]): row for row in r["rows"]}
+    for b in (1, 2):
+        assert by[("dense", b)]["median_ms"] == pytest.approx(4.0)
+        assert by[("dense", b)]["ratio"] == pytest.approx(1.0)
+        assert by[("pruned", b)]["ratio"] == pytest.approx(0.25)
+        assert by[("pruned", b)]["speedup"] == pytest.approx(4.0)
+        assert by[("wider", b)]["ratio"] == pytest.approx(2.0)
+    assert by[("pruned", 2)]["ms_per_image"] == pytest.approx(0.5)
+    table = format_latency_table(r)
+    assert "speed-up vs dense" in table and "| pruned | 1 | 1.00 |" in table
+    assert "4.00x" in table and "0.50x" in table
+    assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 1 + 6
+
+
+def test_first_model_is_the_reference_whatever_it_is(fake_clock):
+    r = measure_latency({"pruned": Costly(1.0), "dense": Costly(4.0)}, input_shape=(4,), **FAST)
+    assert r["baseline"] == "pruned"
+    assert [row["ratio"] for row in r["rows"] if row["model"] == "dense"] == pytest.approx(
+        [4.0] * 2
+    )
+
+
+def test_threads_set_and_restored():
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    r = measure_latency({"m": VGG(width=0.0625)}, batch_sizes=(1,), threads=want, **FAST)
+    assert r["settings"]["threads"] == want
+    assert torch.get_num_threads() == before
+    with pytest.raises(PrunelabError):
+        measure_latency({"bad": nn.Linear(5, 2)}, input_shape=(3,), threads=want, **FAST)
+    assert torch.get_num_threads() == before
+
+
+def test_callers_model_is_not_changed():
+    model = resnet20(width=0.5)
+    model.train()
+    weight = model.conv1.weight.detach().clone()
+    measure_latency({"m": model}, batch_sizes=(2,), **FAST)
+    assert model.training
+    assert isinstance(model.bn1, nn.BatchNorm2d)  # not folded in place
+    assert model.conv1.weight.is_contiguous()
+    assert torch.equal(model.conv1.weight, weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"batch_sizes": (1, 0)}, "batch size must be an integer >= 1, got 0"),
+        ({"batch_sizes": ()}, "at least one batch size"),
+        ({"threads": 0}, "threads must be an integer >= 1, got 0"),
+        ({"reps": 0}, "reps must be an integer >= 1"),
+        ({"warmup": -1}, "warmup must be an integer >= 0"),
+        ({"device": "tpu"}, "device 'tpu'"),
+        ({"input_shape": (3, 0, 32)}, "input_shape must be positive integers"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(kwargs, words):
+    with pytest.raises(PrunelabError, match=words) as e:
+        measure_latency({"m": VGG(width=0.0625)}, **{**FAST, **kwargs})
+    assert "\n" not in str(e.value)
+
+
+def test_no_models_and_a_failing_model_are_refused():
+    with pytest.raises(PrunelabError, match="no models to time"):
+        measure_latency({}, **FAST)
+    models = {"ok": VGG(width=0.0625), "mlp": nn.Sequential(nn.Flatten(), nn.Linear(10, 2))}
+    with pytest.raises(PrunelabError, match=r"model 'mlp' failed on a random input shaped") as e:
+        measure_latency(models, **FAST)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PrunelabError, match="expected an nn.Module"):
+        measure_latency({"x": "not a model"}, **FAST)
+
+
+def test_format_refuses_what_is_not_a_result():
+    with pytest.raises(PrunelabError, match="not a latency result"):
+        format_latency_table({"models": []})
+
+
+@pytest.mark.parametrize("case", MATRIX[:4], ids=str)
+def test_layer_latency_names_every_conv_and_linear(case):
+    model = case.build()
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
+    ]
+    got = layer_latency(model, input_shape=case.input_shape, reps=2, warmup=1)
+    assert list(got) == names
+    assert all(isinstance(v, float) and v > 0 for v in got.values())
+
+
+def test_layer_latency_of_an_unused_layer_is_zero_and_bad_batch_refused():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    got = layer_latency(Unused(), input_shape=(4,), reps=2, warmup=0)
+    assert got["spare"] == 0.0 and got["used"] > 0
+    with pytest.raises(PrunelabError, match="batch size must be an integer >= 1"):
+        layer_latency(Unused(), input_shape=(4,), batch_size=0)
