@@ -90,13 +90,13 @@ def test_pickled_module_is_named(tmp_path):
     refused(tmp_path / "module.pth", r"a pickled nn.Module \(.*VGG\): save model.state_dict\(\)")
 
 
-def test_channel_pruned_records_are_refused_for_now(tmp_path):
+def test_channel_record_that_does_not_match_the_weights_is_refused(tmp_path):
     m = build_model("vgg", {"width": 0.125})
     arch = {**m.prunelab_arch, "channels": {"backbone.conv0": 4, "backbone.conv1": 8}}
-    path = save_checkpoint(tmp_path / "ch.pth", m, arch=arch)
+    path = save_checkpoint(tmp_path / "ch.pth", m, arch=arch)  # weights saved unpruned
     assert torch.load(path, weights_only=True)["arch"]["channels"] == arch["channels"]
-    refused(path, r"is channel-pruned \(2 layers with a 'channels' record\); loading "
-            r"channel-pruned checkpoints is not supported yet")  # fmt: skip
+    refused(path, r"'backbone.conv0.weight' has shape \(8, 3, 3, 3\), the model expects "
+            r"\(4, 3, 3, 3\)")  # fmt: skip
     assert apply_channel_record(m, None) is m  # the hook leaves unpruned models alone
     bad = saved(tmp_path, arch={**m.prunelab_arch, "channels": {"backbone.conv0": -1}})
     refused(bad, r"'channels' must be null or \{layer_name: channels > 0\}")

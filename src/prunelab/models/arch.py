@@ -14,7 +14,6 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError
 from .vgg import VGG
 
 FORMAT = 2
@@ -185,10 +184,13 @@ def apply_channel_record(
 
     The one place channel (structured) pruning plugs into loading: every rebuild passes
     through here after the base model is built and before the state dict is checked.
+    `channels` is {channel group: kept channels} (prunelab.channels.prune_channels); the
+    model is traced on its record's input shape, also on the meta device. A record naming an
+    unknown group or an impossible count raises CheckpointError (one line).
     """
     if channels is None:
         return model
-    raise CheckpointError(
-        f"{source} is channel-pruned ({len(channels)} layers with a 'channels' record); "
-        "loading channel-pruned checkpoints is not supported yet"
-    )
+    # imported here: channel surgery needs torch_pruning, which plain loading does not
+    from ..channels.record import apply_record
+
+    return apply_record(model, channels, input_shape_of(model), source)
