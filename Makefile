@@ -12,7 +12,7 @@ OUT ?= runs/quick
 $(BIN)/prunelab: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,onnx]'
 	touch $(BIN)/prunelab
 
 setup: $(BIN)/prunelab

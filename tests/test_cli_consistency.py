@@ -60,6 +60,7 @@ def test_every_checkpoint_command_takes_it_first_and_as_an_alias(ck):
         "finetune",
         "plan",
         "export",
+        "latency",
     }
 
 

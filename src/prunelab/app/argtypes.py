@@ -142,3 +142,34 @@ def mean_std(text: str) -> dict[str, list[float]] | None:
             f"normalisation {text!r}: as many means as stds, and every std > 0"
         )
     return {"mean": mean, "std": std}
+
+
+def batch_sizes(text: str) -> list[int]:
+    """'1,64' -> [1, 64]; each an integer >= 1."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected a comma-separated list like 1,64")
+    return [at_least_one(p) for p in parts]
+
+
+def ratio(text: str) -> float:
+    """A fraction of channels to remove: [0, 1) (removing all would empty a layer)."""
+    v = _float(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"ratio {text!r} is outside [0, 1)")
+    return v
+
+
+def ratio_list(text: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected a comma-separated list like 0.25,0.5")
+    return [ratio(p) for p in parts]
+
+
+def ratio_open(text: str) -> float:
+    """A fraction of the dense cost to reach: (0, 1)."""
+    v = _float(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside (0, 1) (a fraction of dense)")
+    return v

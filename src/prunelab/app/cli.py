@@ -11,6 +11,7 @@ from . import commands
 from .argtypes import (
     Parser,
     at_least_one,
+    batch_sizes,
     cap_item,
     count,
     device,
@@ -19,6 +20,9 @@ from .argtypes import (
     model_arg,
     points,
     positive,
+    ratio,
+    ratio_list,
+    ratio_open,
     seed,
     sparsity,
     sparsity_list,
@@ -110,7 +114,7 @@ def _data_opts(p: argparse.ArgumentParser) -> None:
         help="resize every image to N x N (needed when a tree's images differ in size)",
     )
     p.add_argument(
-        "--channels",
+        "--image-channels",
         type=int,
         choices=[1, 3],
         default=None,
@@ -283,6 +287,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON mapping layer names to sparsities (from `prunelab plan`)",
     )
+    s.add_argument(
+        "--channels",
+        type=ratio,
+        default=None,
+        help="channel pruning: remove this fraction of every layer's output channels, "
+        "physically (residual and depthwise dependencies followed), in [0, 1)",
+    )
+    s.add_argument(
+        "--channel-plan",
+        type=existing_file,
+        default=None,
+        help="channel pruning with per-layer ratios: JSON {layer: ratio} (from `prunelab plan "
+        "--channel-scan`)",
+    )
+    s.add_argument(
+        "--importance",
+        choices=["l2", "l1", "lab", "bn"],
+        default="l2",
+        help="channel ranking: l2/l1 norm of each filter summed over its dependency group "
+        "(default l2); lab: the course lab's rule (next layer's input-channel norm; keeps the "
+        "last conv); bn: BatchNorm |gamma|",
+    )
+    s.add_argument(
+        "--round-to",
+        type=at_least_one,
+        default=None,
+        help="channel counts kept as multiples of N",
+    )
     _scope_opt(s)
     s.add_argument("--out", required=True, help="pruned checkpoint to write (masks included)")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
@@ -309,6 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     _scope_opt(s)
     s.add_argument("--out", default="runs/sensitivity", help="folder for the outputs")
     _fold_opt(s)
+    s.add_argument(
+        "--channels",
+        action="store_true",
+        help="channel scan instead: each channel group pruned alone to each of --ratios "
+        "(writes channel_scan.json, the input of `prunelab plan --channel-scan`)",
+    )
+    s.add_argument(
+        "--ratios",
+        type=ratio_list,
+        default=[0.25, 0.5, 0.75],
+        help="--channels: fractions of channels removed, comma-separated (default 0.25,0.5,0.75)",
+    )
+    s.add_argument(
+        "--importance",
+        choices=["l2", "l1", "lab", "bn"],
+        default="l2",
+        help="--channels: which channels go first (default l2; see prunelab prune --help)",
+    )
 
     s = _command(
         sub, "finetune", commands.finetune, "fine-tune a pruned model; pruned weights stay zero"
@@ -370,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sparsity",
         "--target",
         dest="sparsity",
-        required=True,
+        default=None,
         type=sparsity,
         help="overall sparsity of the scope's weights, e.g. 0.8 (--target is an alias)",
     )
@@ -403,23 +453,110 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one magnitude threshold over the scope instead (for comparison)",
     )
+    s.add_argument(
+        "--channel-scan",
+        type=existing_file,
+        default=None,
+        help="a channel plan instead, from `prunelab sensitivity --channels`: reach --macs or "
+        "--latency (a fraction of the dense model's)",
+    )
+    s.add_argument(
+        "--macs",
+        type=ratio_open,
+        default=None,
+        help="--channel-scan: keep at most this fraction of the dense MACs, e.g. 0.5",
+    )
+    s.add_argument(
+        "--latency",
+        type=ratio_open,
+        default=None,
+        help="--channel-scan: reach this fraction of the dense latency, by per-layer timings "
+        "measured now and stored in the plan (so the plan is repeatable)",
+    )
+    s.add_argument(
+        "--latency-batch-size",
+        type=at_least_one,
+        default=1,
+        help="--latency: the batch size the per-layer timings use (default 1)",
+    )
+    s.add_argument(
+        "--importance",
+        choices=["l2", "l1", "lab", "bn"],
+        default="l2",
+        help="--channel-scan: the importance the scan used (default l2)",
+    )
+    s.add_argument(
+        "--round-to", type=at_least_one, default=None, help="channel counts kept as multiples of N"
+    )
     _scope_opt(s)
     s.add_argument("--out", default="plan.json", help="plan JSON for `prunelab prune --plan`")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
 
     s = _command(
-        sub, "export", commands.export, "write a pruned model compactly and print real file sizes"
+        sub,
+        "export",
+        commands.export,
+        "write a pruned model compactly (real file sizes) or as ONNX (checked, timed)",
     )
     _checkpoint(s)
-    s.add_argument("--out", required=True, help="compressed model to write, e.g. model.plz")
+    s.add_argument("--out", default=None, help="compressed model to write, e.g. model.plz")
+    s.add_argument(
+        "--onnx",
+        default=None,
+        help="also write ONNX here (BatchNorm folded, normalisation baked in, inputs in [0, 1]), "
+        "check its logits against PyTorch with onnxruntime and print onnxruntime's latency; "
+        "needs pip install 'prunelab[onnx]'",
+    )
+    s.add_argument(
+        "--batch-size",
+        type=batch_sizes,
+        default=[1],
+        help="--onnx: batch sizes for the onnxruntime latency, e.g. 1,64 (default 1)",
+    )
     s.add_argument("--fp16", action="store_true", help="store values as fp16 (lossy, half size)")
     s.add_argument(
         "--dense",
         type=existing_file,
         default=None,
-        help="the dense checkpoint, for the size comparison (default: the plain "
+        help="the dense checkpoint, for the size comparison and (with --onnx) the dense "
+        "model's onnxruntime latency beside the pruned one's (default for sizes: the plain "
         "state dict, which has the same size)",
     )
+    s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
+
+    s = _command(
+        sub,
+        "latency",
+        commands.latency,
+        "measured latency of a model, and of its dense parent interleaved in the same run",
+    )
+    _checkpoint(s)
+    s.add_argument(
+        "--dense",
+        type=existing_file,
+        default=None,
+        help="the dense checkpoint: timed in the same run, interleaved, as the baseline",
+    )
+    s.add_argument(
+        "--batch-size",
+        type=batch_sizes,
+        default=[1, 64],
+        help="comma-separated batch sizes (default 1,64)",
+    )
+    s.add_argument(
+        "--reps", type=at_least_one, default=30, help="timed rounds at least (default 30)"
+    )
+    s.add_argument("--warmup", type=count, default=10, help="untimed rounds first (default 10)")
+    s.add_argument(
+        "--device", type=device, default="cpu", help="cpu (default), cuda, cuda:N or auto"
+    )
+    s.add_argument("--bf16", action="store_true", help="time under bf16 autocast (default fp32)")
+    s.add_argument(
+        "--no-fold-bn",
+        action="store_true",
+        help="time BatchNorm as a separate layer (default: folded, as prunelab evaluates)",
+    )
+    s.add_argument("--json", default=None, help="write every timing and the settings here")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
 
     s = _command(sub, "run", commands.run, "run a recipe (a whole study) and write its report")

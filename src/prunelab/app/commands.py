@@ -70,7 +70,7 @@ def splits(args: argparse.Namespace, need_val: bool = True):
         test_subset=args.test_subset,
         image_size=args.image_size,
         val_fraction=args.val_fraction if need_val else None,
-        channels=args.channels,
+        channels=args.image_channels,
     )
 
 
@@ -201,13 +201,17 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def sparsity(args: argparse.Namespace) -> int:
+    from ..accounting import count_macs, count_params
     from ..fileio import write_json
     from ..pruning import format_sparsity_table, sparsity_report
 
     check_out(args.json)
     model, _ = load(args)
     rep = sparsity_report(model, scope=args.scope)
+    # whole-model totals, traced on the model's own input size (conv, linear, matmul MACs)
+    rep["params"], rep["macs"] = count_params(model), count_macs(model)["total"]
     print(format_sparsity_table(rep))
+    print(f"whole model: {rep['params']:,} parameters, {rep['macs']:,} MACs per input")
     if args.json:
         write_json(args.json, rep)
     return 0
@@ -217,14 +221,41 @@ def prune(args: argparse.Namespace) -> int:
     from ..pruning import format_sparsity_table, sparsity_report
     from .steps import prune_checkpoint
 
-    if (args.sparsity is None) == (args.plan is None):
-        raise PrunelabError("give exactly one of --sparsity S or --plan plan.json")
+    given = [args.sparsity, args.plan, args.channels, args.channel_plan]
+    if sum(g is not None for g in given) != 1:
+        raise PrunelabError(
+            "give exactly one of --sparsity S, --plan plan.json (fine-grained), "
+            "--channels RATIO or --channel-plan plan.json (channels)"
+        )
     check_out(args.out)
+    if args.channels is not None or args.channel_plan is not None:
+        from .steps import channel_prune_checkpoint
+
+        plan = args.channels if args.channels is not None else read_plan(args.channel_plan)
+        model, kept = channel_prune_checkpoint(
+            args.checkpoint, args.out, plan, args.importance, args.round_to, **load_args(args)
+        )
+        print(format_channel_table(kept))
+        print(f"saved {args.out}")
+        return 0
     plan = read_plan(args.plan) if args.plan else args.sparsity
     model, _ = prune_checkpoint(args.checkpoint, args.out, plan, args.scope, **load_args(args))
     print(format_sparsity_table(sparsity_report(model, scope=args.scope)))
     print(f"saved {args.out}")
     return 0
+
+
+def format_channel_table(kept: dict[str, Any]) -> str:
+    """Channels before and after per layer, and the model's parameters and MACs."""
+    lines = ["| layer | channels | kept |", "|---|---:|---:|"]
+    for name, row in kept["layers"].items():
+        lines.append(f"| {name} | {row['channels']} | {row['kept']} |")
+    lines.append("")
+    lines.append(
+        f"parameters {kept['params']:,} (dense {kept['dense_params']:,}), MACs {kept['macs']:,} "
+        f"(dense {kept['dense_macs']:,}; conv, linear and matmul, traced on the input size)"
+    )
+    return "\n".join(lines)
 
 
 def sensitivity(args: argparse.Namespace) -> int:
@@ -234,6 +265,8 @@ def sensitivity(args: argparse.Namespace) -> int:
     dev = device(args)
     model, _ = load(args)
     x, y = splits(args, need_val=args.split == "val").split(args.split)
+    if args.channels:
+        return channel_sensitivity(args, model, x, y)
     res = scan_to_folder(
         model,
         x,
@@ -252,6 +285,31 @@ def sensitivity(args: argparse.Namespace) -> int:
     for name, row in res["layers"].items():
         print(f"{name:28s} " + " ".join(f"{a:.3f}" for a in row["accuracy"]))
     print(f"wrote {args.out}/sensitivity.{{json,csv,png}} in {res['seconds']:.1f} s")
+    return 0
+
+
+def channel_sensitivity(args: argparse.Namespace, model: Any, x: Any, y: Any) -> int:
+    from ..channels import channel_scan
+    from ..fileio import write_json
+    from .steps import norm
+
+    res = channel_scan(
+        model,
+        x,
+        y,
+        ratios=args.ratios,
+        importance=args.importance,
+        normalize=norm(model),
+        progress=not args.no_progress,
+    )
+    res["split"], res["images"] = args.split, len(y)
+    write_json(Path(args.out) / "channel_scan.json", res)
+    print(f"dense accuracy {res['dense_accuracy']:.4f} on {args.split} ({len(y)} images)")
+    print(f"{'group':28s} {'channels':>8s}  " + "  ".join(f"r={r:.2f}" for r in res["ratios"]))
+    for name, row in res["groups"].items():
+        accs = "  ".join("  -   " if a is None else f"{a:.4f}" for a in row["accuracy"])
+        print(f"{name:28s} {row['channels']:8d}  {accs}")
+    print(f"wrote {args.out}/channel_scan.json in {res['seconds']:.1f} s")
     return 0
 
 
@@ -306,6 +364,10 @@ def plan(args: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PrunelabError(f"scan {args.scan}: cannot read it as JSON ({e})") from None
     model, _ = load(args)
+    if args.channel_scan:
+        return channel_plan(args, model)
+    if args.sparsity is None:
+        raise PrunelabError("give --sparsity S (fine-grained) or --channel-scan SCAN (channels)")
     if args.global_:
         if args.cap or args.max_drop is not None:
             raise PrunelabError("--cap and --max-drop apply to the sensitivity plan, not --global")
@@ -332,16 +394,136 @@ def plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def channel_plan(args: argparse.Namespace, model: Any) -> int:
+    """A channel plan reaching a MACs or measured-latency target, guided by a channel scan."""
+    from ..channels import channel_groups, macs_target_plan
+    from ..fileio import write_json
+    from ..latency import cpu_name, layer_latency
+
+    if (args.macs is None) == (args.latency is None):
+        raise PrunelabError("with --channel-scan give exactly one of --macs F or --latency F")
+    try:
+        scan = json.loads(Path(args.channel_scan).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PrunelabError(f"scan {args.channel_scan}: cannot read it as JSON ({e})") from None
+    cost, timings = None, None
+    if args.latency is not None:
+        import torch
+
+        ms = layer_latency(model, batch_size=args.latency_batch_size, threads=args.threads)
+        groups = channel_groups(model)
+        cost = {
+            "dense": sum(ms.values()) / 1000,
+            "groups": {
+                g: sum(ms.get(m, 0.0) for m in {*info["members"], *info["consumers"]}) / 1000
+                for g, info in groups.items()
+            },
+        }
+        timings = {
+            "layer_ms": ms,
+            "batch_size": args.latency_batch_size,
+            "threads": torch.get_num_threads(),
+            "cpu": cpu_name(),
+            "torch": str(torch.__version__),
+            "rule": "removing a fraction r of a group's channels saves r x the summed time of "
+            "its layers and their consumers (hook timings, approximate)",
+        }
+    result = macs_target_plan(
+        model,
+        scan,
+        args.macs if args.macs is not None else args.latency,
+        importance=args.importance,
+        cost=cost,
+        round_to=args.round_to,
+    )
+    if timings is not None:
+        result["layer_timings"] = timings
+    write_json(args.out, result)
+    target = f"MACs {args.macs}" if args.macs is not None else f"latency {args.latency}"
+    print(
+        f"channel plan for {target} of dense: {result['macs']:,} MACs "
+        f"({result['macs'] / result['dense_macs']:.3f} of dense), predicted accuracy drop "
+        f"{100 * result['predicted']['accuracy_drop']:.2f} points (summed scan drops)"
+    )
+    print(
+        f"wrote {args.out}; apply it with: prunelab prune {args.checkpoint} "
+        f"--channel-plan {args.out} --importance {args.importance} --out PRUNED.pth"
+    )
+    return 0
+
+
 def export(args: argparse.Namespace) -> int:
     from ..export import export_compressed, format_size_table, size_table
 
-    check_out(args.out)
+    if args.out is None and args.onnx is None:
+        raise PrunelabError("give --out FILE.plz (compressed), --onnx FILE.onnx, or both")
+    check_out(args.out, args.onnx)
+    if args.onnx:
+        from ..onnx_export import _require
+
+        _require()  # the optional packages, before any work
     model, _ = load(args)
-    info = export_compressed(
-        model, args.out, fp16=args.fp16, arch=getattr(model, "prunelab_arch", None)
+    if args.out:
+        info = export_compressed(
+            model, args.out, fp16=args.fp16, arch=getattr(model, "prunelab_arch", None)
+        )
+        print(format_size_table(size_table(args.dense, args.checkpoint, args.out, model)))
+        print(f"wrote {args.out} ({info['bytes']:,} bytes)")
+    if args.onnx:
+        export_onnx_checked(args, model)
+    return 0
+
+
+def export_onnx_checked(args: argparse.Namespace, model: Any) -> None:
+    """Write ONNX, check its logits against PyTorch with onnxruntime, and time it (and the
+    dense model's ONNX, with --dense) with onnxruntime."""
+    import tempfile
+
+    from ..latency_report import format_latency_table
+    from ..models import load_model
+    from ..onnx_export import check_onnx, export_onnx, onnx_latency
+
+    info = export_onnx(model, args.onnx)
+    check = check_onnx(model, args.onnx)
+    print(
+        f"wrote {args.onnx} ({info['bytes']:,} bytes); onnxruntime logits match PyTorch "
+        f"(max |diff| {check['max_abs_diff']:.2e}, argmax agrees: {check['argmax_agree']})"
     )
-    print(format_size_table(size_table(args.dense, args.checkpoint, args.out, model)))
-    print(f"wrote {args.out} ({info['bytes']:,} bytes)")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        if args.dense:
+            dense, _ = load_model(args.dense, **{**load_args(args), "model_args": None})
+            paths["dense"] = export_onnx(dense, Path(tmp) / "dense.onnx")["path"]
+        paths[Path(args.onnx).stem] = args.onnx
+        lat = onnx_latency(paths, batch_sizes=args.batch_size, threads=args.threads)
+    print(format_latency_table(lat))
+
+
+def latency(args: argparse.Namespace) -> int:
+    """Time the model (and the dense one, interleaved in the same run) in eager PyTorch."""
+    from ..fileio import write_json
+    from ..latency import measure_latency
+    from ..latency_report import format_latency_table
+    from ..models import load_model
+
+    check_out(args.json)
+    models = {}
+    if args.dense:
+        models["dense"] = load_model(args.dense, **{**load_args(args), "model_args": None})[0]
+    models[Path(args.checkpoint).stem] = load(args)[0]
+    result = measure_latency(
+        models,
+        batch_sizes=args.batch_size,
+        threads=args.threads,
+        reps=args.reps,
+        warmup=args.warmup,
+        device=device(args),
+        bf16=args.bf16,
+        fold_bn=not args.no_fold_bn,
+    )
+    print(format_latency_table(result))
+    if args.json:
+        write_json(args.json, result)
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
+from .recipe_channels import parse_channels
 from .recipe_compare import parse_compare
 from .recipe_inputs import has_validation, parse_data, parse_model_and_dense
 from .recipe_schema import (
@@ -46,6 +47,7 @@ TOP_KEYS = {
     "prune",
     "finetune",
     "compare",
+    "channels",
 }
 _RUN_NAME = Field(
     lambda v: isinstance(v, str) and v not in ("", ".", "..") and not set(v) & set("/\\"),
@@ -164,6 +166,14 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
                     "under [compare] (sparsities, scope, scan, finetune)"
                 )
         rec["compare"] = parse_compare(raw["compare"], file, seed, rec)
+    if "channels" in raw:  # fine-grained against channel pruning (app.channels_flow runs it)
+        for k in (*NOT_WITH_COMPARE, "compare"):
+            if k in raw:
+                raise RecipeError(
+                    f"{file}: key '{k}' is not used by a [channels] recipe; its settings live "
+                    "under [channels] (ratios, methods, scan, finetune, latency)"
+                )
+        rec["channels"] = parse_channels(raw["channels"], file, seed, rec)
     return rec
 
 

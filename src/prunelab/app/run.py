@@ -15,6 +15,7 @@ import torch
 
 from ..fileio import write_json
 from .beyond import run_beyond
+from .channels_flow import ChannelsStudy
 from .recipes import resolved_recipe
 from .study import Study
 
@@ -35,6 +36,10 @@ def run_recipe(
     t0 = time.perf_counter()
     if "compare" in rec:
         results = run_beyond(rec, data_dir, out, cache, torch.device(device), progress, fresh)
+    elif "channels" in rec:
+        results = ChannelsStudy(
+            rec, data_dir, out, cache, torch.device(device), progress, fresh
+        ).run()
     else:
         study = Study(rec, data_dir, out, cache, torch.device(device), progress, fresh)
         results = study.run()

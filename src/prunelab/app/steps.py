@@ -322,6 +322,61 @@ def prune_checkpoint(
     return model, pruner
 
 
+def channel_prune_checkpoint(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    plan: Any,
+    importance: str = "l2",
+    round_to: int | None = None,
+    meta: dict[str, Any] | None = None,
+    **load: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load `src`, remove channels (a uniform ratio or {layer: ratio}), save `out` with the
+    kept channel counts in its architecture record (it reloads from plain tensors)."""
+    from ..accounting import count_macs, count_params
+    from ..channels import prune_channels
+
+    model, ck = load_model(src, **load)
+    if ck.get("masks"):
+        raise PrunelabError(
+            f"{src} holds fine-grained masks: channel-prune its dense parent, then prune "
+            "weights of the slimmer model"
+        )
+    before = {"params": count_params(model), "macs": count_macs(model)["total"]}
+    channels_before = _out_channels(model)
+    kept = prune_channels(model, plan, importance=importance, round_to=round_to)
+    info = dict(light(ck.get("meta", {})))
+    info.update(
+        {
+            "produced_by": "prunelab prune --channels",
+            "parent": str(src),
+            "channel_plan": plan,
+            "importance": importance,
+            "round_to": round_to,
+            "kept_channels": kept,
+            **(meta or {}),
+        }
+    )
+    save_checkpoint(out, model, info)
+    layers = {n: {"channels": channels_before.get(n), "kept": k} for n, k in kept.items()}
+    summary = {
+        "layers": layers,
+        "params": count_params(model),
+        "macs": count_macs(model)["total"],
+        "dense_params": before["params"],
+        "dense_macs": before["macs"],
+    }
+    return model, summary
+
+
+def _out_channels(model: nn.Module) -> dict[str, int]:
+    return {
+        n: m.out_channels
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    }
+
+
 def finetune(
     model: nn.Module,
     pruner: Any,
@@ -406,8 +461,12 @@ def finetune_checkpoint(
         pruner = Pruner.from_masks(model, masks)
     elif target is not None:
         pruner = prune(model, target, scope=scope)
+    elif (ck.get("arch") or {}).get("channels"):
+        pruner = None  # channel-pruned: the removed channels are gone, nothing to hold at zero
     else:
-        raise PrunelabError(f"{src} holds no masks: prune it first or give --sparsity")
+        raise PrunelabError(
+            f"{src} holds no masks and no removed channels: prune it first or give --sparsity"
+        )
     if callable(splits):
         splits = splits()
     res, sp = finetune(
@@ -440,13 +499,13 @@ def finetune_checkpoint(
             "best_epoch": res.best_epoch,
             "seconds": res.seconds,
             **sp,
-            "sparsity": sparsity_report(model)["prunable_sparsity"],
+            "sparsity": sparsity_report(model, macs=False)["prunable_sparsity"],
             **({"updates": pruner.updates, "plan": target} if gradual is not None else {}),
             **(meta or {}),
         }
     )
     if _rank0():
-        save_checkpoint(out, model, info, masks=pruner.masks)
+        save_checkpoint(out, model, info, masks=None if pruner is None else pruner.masks)
     state_path_for(out).unlink(missing_ok=True)  # every torchrun rank gets here: no race
     return model, pruner, res, {**sp, "test_accuracy": test["accuracy"]}
 

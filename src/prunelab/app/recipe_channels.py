@@ -1,0 +1,102 @@
+"""The [channels] table of a recipe (fine-grained against channel pruning, run by
+app.channels_flow): its keys, defaults and checks, kept apart from the flow that runs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .recipe_inputs import has_validation
+from .recipe_schema import (
+    ANY,
+    Field,
+    check_fields,
+    choice,
+    expect,
+    integer,
+    sparsities,
+    table,
+    train_config,
+)
+
+METHODS = ("fine", "uniform", "guided")
+IMPORTANCES = ("l2", "l1", "lab", "bn")
+# the study's SGD fine-tuning; every method gets exactly this budget
+FINETUNE_DEFAULTS = {
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "label_smoothing": 0.1,
+    "epochs": 2,
+    "bf16": True,
+}
+SCAN_DEFAULTS = {"ratios": [0.25, 0.5, 0.75]}
+LATENCY_DEFAULTS = {"batch_sizes": [1, 64], "threads": None, "reps": 30}
+CHANNELS_FIELDS = {
+    "ratios": ANY,
+    "methods": ANY,
+    "importance": choice(IMPORTANCES),
+    "round_to": integer(1),
+    "scan": ANY,
+    "finetune": ANY,
+    "latency": ANY,
+}
+SCAN_FIELDS = {"ratios": ANY}
+LATENCY_FIELDS = {
+    "batch_sizes": Field(
+        lambda v: isinstance(v, list) and v and all(isinstance(b, int) and b >= 1 for b in v),
+        "a list of batch sizes >= 1",
+    ),
+    "threads": integer(1),
+    "reps": integer(1),
+}
+
+
+def _sub(raw: dict[str, Any], key: str, spec: dict[str, Field], file: str) -> dict[str, Any]:
+    t = table(raw.get(key), file, f"channels.{key}", spec)
+    check_fields(t, spec, file, f"channels.{key}")
+    return t
+
+
+def parse_channels(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str, Any]:
+    """Check a [channels] table fully (before any work) and fill in its defaults."""
+    raw = table(raw, file, "channels", CHANNELS_FIELDS)
+    check_fields(raw, CHANNELS_FIELDS, file, "channels")
+    ratios = sparsities(raw.get("ratios", [0.3, 0.5]), file, "channels.ratios", open_ends=True)
+    methods = raw.get("methods", list(METHODS))
+    expect(
+        isinstance(methods, list)
+        and methods
+        and all(m in METHODS for m in methods)
+        and len(set(methods)) == len(methods),
+        file,
+        "channels.methods",
+        f"a list of distinct methods from {', '.join(METHODS)}",
+        methods,
+    )
+    scan = {**SCAN_DEFAULTS, **_sub(raw, "scan", SCAN_FIELDS, file)}
+    scan["ratios"] = sparsities(scan["ratios"], file, "channels.scan.ratios", open_ends=True)
+    latency = {**LATENCY_DEFAULTS, **_sub(raw, "latency", LATENCY_FIELDS, file)}
+    ft = raw.get("finetune", {})
+    expect(isinstance(ft, dict), file, "channels.finetune", "a table", ft)
+    cfg = train_config({**FINETUNE_DEFAULTS, **ft}, file, "channels.finetune", seed)
+    cfg.keep_best = False  # every method keeps its last epoch: the same budget for all
+    expect(
+        "guided" not in methods or has_validation(rec["data"]),
+        file,
+        "data.val_size",
+        "> 0 (or data.val_fraction given): the channel scan behind 'guided' runs on the "
+        "validation split",
+        rec["data"]["val_size"],
+    )
+    return {
+        "ratios": ratios,
+        "methods": list(methods),
+        "importance": raw.get("importance", "l2"),
+        "round_to": raw.get("round_to"),
+        "scan": scan,
+        "latency": latency,
+        "finetune": cfg,
+    }

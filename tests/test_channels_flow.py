@@ -1,0 +1,86 @@
+"""The [channels] comparison end to end on a small slice of the real images: every method
+fine-tuned with the same budget, latency measured for all in one run, a report and a figure."""
+
+import json
+
+import pytest
+
+from prunelab.app.recipes import load_recipe
+from prunelab.app.run import run_recipe
+
+RECIPE = """
+name = "tiny-channels"
+seed = 0
+
+[model]
+name = "vgg"
+width = 0.125
+
+[data]
+val_size = 200
+train_subset = 512
+test_subset = 200
+scan_subset = 100
+
+[dense.train]
+epochs = 1
+batch_size = 128
+
+[channels]
+ratios = [0.5]
+importance = "l2"
+
+[channels.scan]
+ratios = [0.5]
+
+[channels.finetune]
+epochs = 1
+batch_size = 128
+bf16 = false
+
+[channels.latency]
+batch_sizes = [1, 8]
+reps = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory, jpeg_root, cifar, cifar_cache):
+    tmp = tmp_path_factory.mktemp("channels")
+    (tmp / "r.toml").write_text(RECIPE)
+    rec = load_recipe(tmp / "r.toml")
+    res = run_recipe(rec, jpeg_root, out=tmp / "run", cache=cifar_cache, progress=False)
+    return tmp / "run", res
+
+
+def test_every_method_is_measured_beside_dense(result):
+    run, res = result
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"dense", "fine", "uniform", "guided"}
+    dense = rows["dense"]
+    # channel pruning removes MACs; fine-grained keeps them (zeros are multiplied too)
+    assert rows["uniform"]["macs"] < 0.5 * dense["macs"]
+    assert rows["fine"]["macs"] == dense["macs"]
+    # guided reaches at most the uniform model's MACs; fine-grained matches its size
+    assert rows["guided"]["macs"] <= rows["uniform"]["macs"]
+    assert rows["fine"]["nonzero_params"] <= rows["uniform"]["params"] * 1.01
+    for r in res["rows"]:
+        assert r["latency_ms_b1"] > 0 and r["latency_ms_b8"] > 0
+    latency = json.loads((run / "latency.json").read_text())
+    assert latency["baseline"] == "dense" and len(latency["rows"]) == 4 * 2
+
+
+def test_report_and_figure_written(result):
+    run, res = result
+    report = (run / "report.md").read_text()
+    assert "channels, sensitivity-guided (same MACs)" in report and "## Latency" in report
+    assert (run / "figures" / "accuracy_vs_latency.png").stat().st_size > 10_000
+
+
+def test_channel_pruned_models_reload_without_flags(result):
+    from prunelab.models import load_model
+
+    run, _ = result
+    model, ck = load_model(run / "finetune" / "uniform-s0.50.pth")
+    assert ck["arch"]["channels"] and "masks" not in ck
+    assert model.backbone.conv0.out_channels == 4  # 8 channels at width 0.125, half kept

@@ -1,0 +1,66 @@
+"""`prunelab latency` and `prunelab export --onnx` from the command line."""
+
+import json
+
+import pytest
+import torch
+
+from prunelab.app.cli import main
+from prunelab.models import VGG, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def cks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lat")
+    torch.manual_seed(0)
+    save_checkpoint(d / "dense.pth", VGG(width=0.25))
+    save_checkpoint(d / "narrow.pth", VGG(width=0.125))
+    return d
+
+
+def test_latency_times_dense_and_model_in_one_run(cks, capsys):
+    out = cks / "lat.json"
+    argv = ["latency", str(cks / "narrow.pth"), "--dense", str(cks / "dense.pth")]
+    assert (
+        main([*argv, "--batch-size", "1,4", "--reps", "3", "--warmup", "1", "--json", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["batch_size"]): r for r in result["rows"]}
+    assert set(rows) == {("dense", 1), ("dense", 4), ("narrow", 1), ("narrow", 4)}
+    assert rows[("dense", 1)]["speedup"] == 1.0
+    assert result["baseline"] == "dense" and "median" in printed
+
+
+def test_latency_refuses_bad_batch_sizes(cks, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["latency", str(cks / "narrow.pth"), "--batch-size", "0"])
+    assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_export_onnx_checks_logits_and_times_it(cks, capsys):
+    pytest.importorskip("onnxruntime", reason="the optional ONNX packages are not installed")
+    onnx = cks / "narrow.onnx"
+    argv = [
+        "export",
+        str(cks / "narrow.pth"),
+        "--onnx",
+        str(onnx),
+        "--dense",
+        str(cks / "dense.pth"),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert onnx.is_file() and "logits match PyTorch" in printed and "dense" in printed
+
+
+def test_export_onnx_without_the_extra_says_how_to_install(cks, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    out = cks / "never.onnx"
+    assert main(["export", str(cks / "narrow.pth"), "--onnx", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install" in err and len(err.strip().splitlines()) == 1 and not out.exists()
