@@ -4,6 +4,7 @@ The public API, for use on your own `nn.Module` and images:
 
     model = prunelab.build_model("resnet20", num_classes=10)   # or your own module
     pruner = prunelab.Pruner(model, 0.5)                       # 50% of every conv's weights
+    # or remove channels physically: prunelab.prune_channels(model, 0.3)
     pruner.apply()
     prunelab.fit(model, x, y, prunelab.TrainConfig(epochs=2, lr=0.01), pruner=pruner)
     print(prunelab.evaluate(model, x_test, y_test)["accuracy"])
@@ -33,6 +34,8 @@ _PUBLIC = {
     "evaluate": "prunelab.train",
     "fold_batchnorm": "prunelab.fold",
     "export_compressed": "prunelab.export",
+    "prune_channels": "prunelab.channels",
+    "measure_latency": "prunelab.latency",
 }
 __all__ = sorted(_PUBLIC)
 
