@@ -1,0 +1,68 @@
+"""Channel pruning from the command line: the course lab's figures, a reload with no
+flags, and bad input answered in one line with nothing written."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab.app.cli import main
+from prunelab.models import build_model, load_model, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli-channels")
+    torch.manual_seed(0)
+    save_checkpoint(d / "vgg.pth", build_model("vgg", {"width": 1.0}))
+    save_checkpoint(d / "rn.pth", build_model("resnet20", {"width": 0.5}))
+    (d / "unknown.json").write_text(json.dumps({"backbone.conv99": 0.5}))
+    (d / "classifier.json").write_text(json.dumps({"classifier": 0.5}))
+    torch.save({"state_dict": nn.Linear(3, 2).state_dict()}, d / "bare.pth")
+    return d
+
+
+def test_lab_parity_through_the_cli(d, capsys):
+    out = d / "lab.pth"
+    assert main(["prune", str(d / "vgg.pth"), "--channels", "0.3", "--importance", "lab",
+                 "--out", str(out)]) == 0  # fmt: skip
+    model, ck = load_model(out)  # no flags: rebuilt from the kept counts
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [45, 90, 179, 179, 358, 358, 358, 512]
+    assert main(["sparsity", str(out), "--json", str(d / "s.json")]) == 0
+    rep = json.loads((d / "s.json").read_text())
+    assert rep["params"] == 5_013_666 and rep["macs"] == 305_097_920
+
+
+def test_residual_model_round_to_and_reload(d):
+    out = d / "rn-slim.pth"
+    assert main(["prune", str(d / "rn.pth"), "--channels", "0.5", "--round-to", "4",
+                 "--out", str(out)]) == 0  # fmt: skip
+    model, _ = load_model(out)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c % 4 == 0 for c in convs) and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--channels", "1.0"], "outside [0, 1)"),
+        (["--channels", "-0.1"], "outside [0, 1)"),
+        (["--channels", "0.5", "--round-to", "0"], "--round-to"),
+        (["--channels", "0.5", "--importance", "taylor"], "invalid choice"),
+        (["--channel-plan", "unknown.json"], "backbone.conv99"),
+        (["--channel-plan", "classifier.json"], "classifier"),
+        (["--channels", "0.5", "--sparsity", "0.5"], "exactly one"),
+    ],
+)
+def test_bad_channel_input_is_one_line(d, capsys, monkeypatch, extra, needle):
+    monkeypatch.chdir(d)
+    out = d / "never.pth"
+    try:
+        code = main(["prune", str(d / "vgg.pth"), *extra, "--out", str(out)])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
