@@ -66,3 +66,15 @@ def test_bad_channel_input_is_one_line(d, capsys, monkeypatch, extra, needle):
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_channel_pruned_checkpoint_fine_tunes_without_masks(d, jpeg_root, cifar_cache, capsys):
+    slim, out = d / "rn-ft-src.pth", d / "rn-ft.pth"
+    assert main(["prune", str(d / "rn.pth"), "--channels", "0.5", "--out", str(slim)]) == 0
+    argv = ["finetune", str(slim), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache),
+            "--train-subset", "128", "--test-subset", "64", "--val-size", "0", "--epochs", "1",
+            "--batch-size", "64", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "channel-pruned model" in capsys.readouterr().out
+    model, ck = load_model(out)
+    assert "masks" not in ck and ck["arch"]["channels"] == load_model(slim)[1]["arch"]["channels"]

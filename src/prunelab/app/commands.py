@@ -330,7 +330,7 @@ def finetune(args: argparse.Namespace) -> int:
             "prune_every": args.prune_every,
             "prune_steps_fraction": args.prune_steps_fraction,
         }
-    _, _, res, sp = finetune_checkpoint(
+    model, pruner, res, sp = finetune_checkpoint(
         args.checkpoint,
         args.out,
         lambda: splits(args),
@@ -345,10 +345,12 @@ def finetune(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     plot_curves({out.stem: res.history}, out.with_suffix(".png"), title=f"fine-tuning {out.name}")
-    print(
-        f"test accuracy {sp['test_accuracy']:.4f}; sparsity {sp['sparsity_before']:.4f} before, "
-        f"{sp['sparsity_after']:.4f} after; saved {out}"
-    )
+    if pruner is None:  # channel-pruned: nothing held at zero, the channels are gone
+        kept = (getattr(model, "prunelab_arch", None) or {}).get("channels") or {}
+        how = f"channel-pruned model ({len(kept)} channel groups), no masks"
+    else:
+        how = f"sparsity {sp['sparsity_before']:.4f} before, {sp['sparsity_after']:.4f} after"
+    print(f"test accuracy {sp['test_accuracy']:.4f}; {how}; saved {out}")
     return 0
 
 

@@ -101,7 +101,10 @@ def plot_curves(
     a1.set_ylabel("training loss")
     a2.set_xlabel("epoch")
     a2.set_ylabel("validation accuracy")
-    a2.legend(fontsize=7)
+    if a2.lines:
+        a2.legend(fontsize=7)
+    else:  # trained without a validation split: say so instead of an empty panel
+        a2.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=a2.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
