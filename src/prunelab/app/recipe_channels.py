@@ -14,6 +14,7 @@ from .recipe_schema import (
     expect,
     integer,
     sparsities,
+    sub_table,
     table,
     train_config,
 )
@@ -54,12 +55,6 @@ LATENCY_FIELDS = {
 }
 
 
-def _sub(raw: dict[str, Any], key: str, spec: dict[str, Field], file: str) -> dict[str, Any]:
-    t = table(raw.get(key), file, f"channels.{key}", spec)
-    check_fields(t, spec, file, f"channels.{key}")
-    return t
-
-
 def parse_channels(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str, Any]:
     """Check a [channels] table fully (before any work) and fill in its defaults."""
     raw = table(raw, file, "channels", CHANNELS_FIELDS)
@@ -76,9 +71,9 @@ def parse_channels(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[
         f"a list of distinct methods from {', '.join(METHODS)}",
         methods,
     )
-    scan = {**SCAN_DEFAULTS, **_sub(raw, "scan", SCAN_FIELDS, file)}
+    scan = {**SCAN_DEFAULTS, **sub_table(raw, "channels", "scan", SCAN_FIELDS, file)}
     scan["ratios"] = sparsities(scan["ratios"], file, "channels.scan.ratios", open_ends=True)
-    latency = {**LATENCY_DEFAULTS, **_sub(raw, "latency", LATENCY_FIELDS, file)}
+    latency = {**LATENCY_DEFAULTS, **sub_table(raw, "channels", "latency", LATENCY_FIELDS, file)}
     ft = raw.get("finetune", {})
     expect(isinstance(ft, dict), file, "channels.finetune", "a table", ft)
     cfg = train_config({**FINETUNE_DEFAULTS, **ft}, file, "channels.finetune", seed)

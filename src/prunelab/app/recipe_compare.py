@@ -10,11 +10,11 @@ from .recipe_schema import (
     ANY,
     BOOL,
     Field,
-    check_fields,
     expect,
     integer,
     number,
     sparsities,
+    sub_table,
     table,
     train_config,
 )
@@ -54,13 +54,6 @@ GRADUAL_FIELDS = {
 }
 
 
-def _sub(raw: dict[str, Any], key: str, spec: dict[str, Field], file: str) -> dict[str, Any]:
-    """compare.<key>: known keys of the right types, over its defaults."""
-    t = table(raw.get(key), file, f"compare.{key}", spec)
-    check_fields(t, spec, file, f"compare.{key}")
-    return t
-
-
 def parse_compare(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str, Any]:
     """Check a [compare] table fully (before any work) and fill in its defaults."""
     raw = table(raw, file, "compare", COMPARE_KEYS)
@@ -80,10 +73,10 @@ def parse_compare(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[s
     )
     scope = raw.get("scope", "conv")
     expect(scope in ("conv", "linear", "all"), file, "compare.scope", "conv, linear or all", scope)
-    scan = {**SCAN_DEFAULTS, **_sub(raw, "scan", SCAN_FIELDS, file)}
+    scan = {**SCAN_DEFAULTS, **sub_table(raw, "compare", "scan", SCAN_FIELDS, file)}
     scan["sparsities"] = sparsities(scan["sparsities"], file, "compare.scan.sparsities")
-    plan = {**PLAN_DEFAULTS, **_sub(raw, "plan", PLAN_FIELDS, file)}
-    gradual = {**GRADUAL_DEFAULTS, **_sub(raw, "gradual", GRADUAL_FIELDS, file)}
+    plan = {**PLAN_DEFAULTS, **sub_table(raw, "compare", "plan", PLAN_FIELDS, file)}
+    gradual = {**GRADUAL_DEFAULTS, **sub_table(raw, "compare", "gradual", GRADUAL_FIELDS, file)}
     expect(
         gradual["initial_sparsity"] < min(sps),
         file,

@@ -122,6 +122,15 @@ def check_fields(t: dict[str, Any], spec: dict[str, Field], file: str, where: st
         expect(f.ok(value), file, joined(where, key), f.expected, value)
 
 
+def sub_table(
+    raw: dict[str, Any], parent: str, key: str, spec: dict[str, Field], file: str
+) -> dict[str, Any]:
+    """`parent.key` (e.g. compare.scan): a table of known keys, each of the right type."""
+    t = table(raw.get(key), file, f"{parent}.{key}", spec)
+    check_fields(t, spec, file, f"{parent}.{key}")
+    return t
+
+
 # ----- training tables ([dense.train], each [[finetune]], [compare.finetune]) -----
 
 TRAIN_FIELDS: dict[str, Field] = {

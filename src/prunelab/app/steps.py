@@ -21,6 +21,7 @@ from .. import __version__
 from ..data import load_images, split_validation, subset, validation_split
 from ..errors import PrunelabError
 from ..gradual import GradualPruner
+from ..latency import cpu_name
 from ..models import build_model, load_model, normalize_of, save_checkpoint
 from ..pruning import Pruner, sparsity_report
 from ..sensitivity import (
@@ -159,22 +160,11 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "prunelab": __version__,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"{cpu_name()} ({os.cpu_count()} cores)",
         "threads": torch.get_num_threads(),
     }
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), so a timing says which machine made it."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:

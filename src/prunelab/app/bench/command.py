@@ -28,6 +28,7 @@ from torch import nn
 from ...errors import PrunelabError
 from ...fileio import ensure_writable, write_json
 from ...fold import fold_batchnorm
+from ...latency import cpu_name
 from ...models import VGG
 from ...train import TrainConfig, fit, predict
 from ..argtypes import Parser, at_least_one, positive, sparsity_list
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace, out: Any = None) -> dict[str, Any]:
     summary = (
         f"prunelab bench: VGG width {width} ({fpi['total'] / 2e6:.0f} M MACs/image), "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{_cpu_name()} ({os.cpu_count()} cores); {seconds:.0f} s; "
+        f"{cpu_name()} ({os.cpu_count()} cores); {seconds:.0f} s; "
         f"load average {load_start:.1f} at the start, {load:.1f} at the end"
     )
     print(summary, file=out)
@@ -280,18 +281,6 @@ def _load() -> float:
         return os.getloadavg()[0]
     except (OSError, AttributeError):
         return 0.0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,43 @@
+"""The [channels] recipe table: defaults, and every mistake named with its key."""
+
+from pathlib import Path
+
+import pytest
+
+from prunelab.app.recipes import load_recipe
+from prunelab.errors import RecipeError
+
+BASE = '[model]\nname = "vgg"\nwidth = 0.25\n'
+
+
+def _load(tmp_path, text):
+    path = tmp_path / "r.toml"
+    path.write_text(BASE + text)
+    return load_recipe(path)
+
+
+def test_shipped_channels_recipe_and_defaults(tmp_path):
+    rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "channels.toml")
+    assert rec["channels"]["methods"] == ["fine", "uniform", "guided"]
+    assert rec["channels"]["finetune"].keep_best is False  # the same budget for every method
+    ch = _load(tmp_path, "[channels]\n")["channels"]
+    assert ch["ratios"] == [0.3, 0.5] and ch["latency"]["batch_sizes"] == [1, 64]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[channels]\nratio = [0.3]\n", "did you mean 'channels.ratios'"),
+        ("[channels]\nmethods = ['fine', 'taylor']\n", "channels.methods"),
+        ("[channels]\nratios = [1.0]\n", "channels.ratios"),
+        ("[channels]\nimportance = 'random'\n", "channels.importance"),
+        ("[channels.latency]\nbatch_sizes = [0]\n", "channels.latency.batch_sizes"),
+        ("[channels.scan]\nratio = [0.5]\n", "channels.scan.ratio"),
+        ("[channels]\n[prune]\nsparsities = [0.5]\n", "not used by a [channels] recipe"),
+        ("[data]\nval_size = 0\n[channels]\n", "data.val_size"),
+    ],
+)
+def test_mistakes_are_named(tmp_path, text, needle):
+    with pytest.raises(RecipeError) as e:
+        _load(tmp_path, text)
+    assert needle in str(e.value) and "\n" not in str(e.value)
