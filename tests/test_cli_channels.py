@@ -78,3 +78,10 @@ def test_channel_pruned_checkpoint_fine_tunes_without_masks(d, jpeg_root, cifar_
     assert "channel-pruned model" in capsys.readouterr().out
     model, ck = load_model(out)
     assert "masks" not in ck and ck["arch"]["channels"] == load_model(slim)[1]["arch"]["channels"]
+
+
+def test_cli_importance_choices_are_the_library_ones():
+    from prunelab.app.cli import IMPORTANCES
+    from prunelab.channels import IMPORTANCES as LIBRARY
+
+    assert IMPORTANCES == list(LIBRARY)

@@ -40,24 +40,22 @@ def positive(text: str) -> float:
     return v
 
 
-def count(text: str) -> int:
+def _int(text: str, lowest: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    if v < lowest:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= {lowest}")
     return v
+
+
+def count(text: str) -> int:
+    return _int(text, 0)
 
 
 def at_least_one(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return v
+    return _int(text, 1)
 
 
 def _float(text: str) -> float:

@@ -30,7 +30,15 @@ from ..latency_report import format_latency_table
 from ..models import save_checkpoint
 from ..pruning import sparsity_report
 from .report import model_label
-from .steps import data_record, environment, finetune_checkpoint, light, norm, prune_checkpoint
+from .steps import (
+    data_record,
+    environment,
+    finetune_checkpoint,
+    light,
+    norm,
+    prune_checkpoint,
+    recipe_splits,
+)
 from .study import Study, scan_images, tag
 
 LABELS = {
@@ -48,7 +56,7 @@ class ChannelsStudy(Study):
         rec, out, ch = self.rec, self.out, self.rec["channels"]
         t0 = time.perf_counter()
         torch.manual_seed(rec["seed"])
-        splits = self.splits()
+        splits = recipe_splits(rec, self.data_dir, self.cache)
         dense_path, dense, dense_ckpt = self.dense_model(splits)
         dense_row = self._evaluated("dense", dense, splits, 0.0)
         dense_macs, dense_params = count_macs(dense)["total"], count_params(dense)
@@ -170,11 +178,6 @@ class ChannelsStudy(Study):
         return results
 
     # ----- steps -----
-    def splits(self):
-        from .steps import recipe_splits
-
-        return recipe_splits(self.rec, self.data_dir, self.cache)
-
     @property
     def user_spec(self) -> str | None:
         name = self.model_spec["name"]

@@ -29,6 +29,7 @@ from .argtypes import (
 )
 
 SCOPES = ["conv", "linear", "all"]
+IMPORTANCES = ["l2", "l1", "lab", "bn"]  # prunelab.channels.IMPORTANCES (kept torch-free)
 SCOPE_HELP = (
     "layers to prune: conv = every Conv1d/2d/3d and ConvTranspose weight (the study); "
     "linear = Linear weights; all = both (default conv)"
@@ -171,6 +172,10 @@ def _fold_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _importance_opt(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--importance", choices=IMPORTANCES, default="l2", help=help)
+
+
 def _scope_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=SCOPES, default="conv", help=SCOPE_HELP)
 
@@ -301,11 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="channel pruning with per-layer ratios: JSON {layer: ratio} (from `prunelab plan "
         "--channel-scan`)",
     )
-    s.add_argument(
-        "--importance",
-        choices=["l2", "l1", "lab", "bn"],
-        default="l2",
-        help="channel ranking: l2/l1 norm of each filter summed over its dependency group "
+    _importance_opt(
+        s,
+        "channel ranking: l2/l1 norm of each filter summed over its dependency group "
         "(default l2); lab: the course lab's rule (next layer's input-channel norm; keeps the "
         "last conv); bn: BatchNorm |gamma|",
     )
@@ -353,11 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0.25, 0.5, 0.75],
         help="--channels: fractions of channels removed, comma-separated (default 0.25,0.5,0.75)",
     )
-    s.add_argument(
-        "--importance",
-        choices=["l2", "l1", "lab", "bn"],
-        default="l2",
-        help="--channels: which channels go first (default l2; see prunelab prune --help)",
+    _importance_opt(
+        s, "--channels: which channels go first (default l2; see prunelab prune --help)"
     )
 
     s = _command(
@@ -479,12 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="--latency: the batch size the per-layer timings use (default 1)",
     )
-    s.add_argument(
-        "--importance",
-        choices=["l2", "l1", "lab", "bn"],
-        default="l2",
-        help="--channel-scan: the importance the scan used (default l2)",
-    )
+    _importance_opt(s, "--channel-scan: the importance the scan used (default l2)")
     s.add_argument(
         "--round-to", type=at_least_one, default=None, help="channel counts kept as multiples of N"
     )

@@ -188,7 +188,7 @@ def evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     m.pop("predictions")
-    m.update(sparsity=sparsity_report(model)["prunable_sparsity"], split=args.split)
+    m.update(sparsity=sparsity_report(model, macs=False)["prunable_sparsity"], split=args.split)
     m["classes"] = data.classes
     print(format_metrics(m, data.classes))
     print(f"\n{m['num_images']} {args.split} images; conv-weight sparsity {m['sparsity']:.4f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .recipe_compare import FINETUNE_DEFAULTS as COMPARE_FINETUNE
 from .recipe_inputs import has_validation
 from .recipe_schema import (
     ANY,
@@ -21,18 +22,8 @@ from .recipe_schema import (
 
 METHODS = ("fine", "uniform", "guided")
 IMPORTANCES = ("l2", "l1", "lab", "bn")
-# the study's SGD fine-tuning; every method gets exactly this budget
-FINETUNE_DEFAULTS = {
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "label_smoothing": 0.1,
-    "epochs": 2,
-    "bf16": True,
-}
+# the beyond comparison's SGD fine-tuning, with the quick study's smoothing, bf16 and budget
+FINETUNE_DEFAULTS = {**COMPARE_FINETUNE, "label_smoothing": 0.1, "epochs": 2, "bf16": True}
 SCAN_DEFAULTS = {"ratios": [0.25, 0.5, 0.75]}
 LATENCY_DEFAULTS = {"batch_sizes": [1, 64], "threads": None, "reps": 30}
 CHANNELS_FIELDS = {

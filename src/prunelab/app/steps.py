@@ -303,7 +303,7 @@ def prune_checkpoint(
             "parent": str(src),
             "plan": plan,
             "scope": scope,
-            "sparsity": sparsity_report(model, scope=scope)["prunable_sparsity"],
+            "sparsity": sparsity_report(model, scope=scope, macs=False)["prunable_sparsity"],
             "layers": pruner.report(),
             **(meta or {}),
         }
@@ -385,7 +385,7 @@ def finetune(
     `out`: the checkpoint the caller will write; the resume state lives beside it."""
     if pruner is not None and step_hook is None:
         reapply_masks(model, pruner)  # masks are the truth: edited weights are zeroed (warned)
-    before = sparsity_report(model)["prunable_sparsity"] if pruner is not None else 0.0
+    before = sparsity_report(model, macs=False)["prunable_sparsity"] if pruner else 0.0
     val = (splits.val_x, splits.val_y) if len(splits.val_x) else None
     res = fit(
         model,
@@ -403,7 +403,7 @@ def finetune(
         normalize=norm(model),
         run_key=run_key(model, splits, parent),
     )
-    after = sparsity_report(model)["prunable_sparsity"] if pruner is not None else 0.0
+    after = sparsity_report(model, macs=False)["prunable_sparsity"] if pruner else 0.0
     if step_hook is None and pruner is not None and after != before:
         raise PrunelabError(f"fine-tuning changed sparsity from {before} to {after}")
     return res, {"sparsity_before": before, "sparsity_after": after}

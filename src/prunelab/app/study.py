@@ -319,7 +319,7 @@ class Study:
                 progress=self.progress,
                 desc=f"evaluate {name}",
             )
-            rep = sparsity_report(model)
+            rep = sparsity_report(model, macs=False)
             m["predictions"] = m["predictions"].tolist()
             m["sparsity"] = rep["prunable_sparsity"]
             nonzero = rep["model_params"] * (1 - rep["model_sparsity_all_params"])
