@@ -92,3 +92,16 @@ def test_training_state_is_plain_tensors_and_resumes(tmp_path):
     fit(model, x, y, TrainConfig(epochs=1, batch_size=8), state_path=state, progress=False)
     loaded = load_tensors(state, "training state")
     assert loaded["epoch"] == 1 and isinstance(loaded["model"], dict)
+
+
+def test_decoded_image_cache_with_code_is_refused(tmp_path):
+    import numpy as np
+
+    from prunelab.data.cache import read_cache
+
+    marker, path = tmp_path / "ran", tmp_path / "images.npys"
+    with open(path, "wb") as f:
+        np.save(f, np.array([_Payload(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError):
+        read_cache(path, 4)
+    assert not marker.exists()
