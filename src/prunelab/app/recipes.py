@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import RecipeError
 from .recipe_channels import parse_channels
 from .recipe_compare import parse_compare
+from .recipe_goals import parse_goals
 from .recipe_inputs import has_validation, parse_data, parse_model_and_dense
 from .recipe_schema import (
     ANY,
@@ -48,6 +49,7 @@ TOP_KEYS = {
     "finetune",
     "compare",
     "channels",
+    "goals",
 }
 _RUN_NAME = Field(
     lambda v: isinstance(v, str) and v not in ("", ".", "..") and not set(v) & set("/\\"),
@@ -174,6 +176,14 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
                     "under [channels] (ratios, methods, scan, finetune, latency)"
                 )
         rec["channels"] = parse_channels(raw["channels"], file, seed, rec)
+    if "goals" in raw:  # speed-up goals against a control and the peer (app.goals_flow)
+        for k in (*NOT_WITH_COMPARE, "compare", "channels"):
+            if k in raw:
+                raise RecipeError(
+                    f"{file}: key '{k}' is not used by a [goals] recipe; its settings live "
+                    "under [goals] (targets, seeds, peer, control, scan, finetune)"
+                )
+        rec["goals"] = parse_goals(raw["goals"], file, seed, rec)
     return rec
 
 

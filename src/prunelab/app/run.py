@@ -16,6 +16,7 @@ import torch
 from ..fileio import write_json
 from .beyond import run_beyond
 from .channels_flow import ChannelsStudy
+from .goals_flow import GoalsStudy
 from .recipes import resolved_recipe
 from .study import Study
 
@@ -36,6 +37,8 @@ def run_recipe(
     t0 = time.perf_counter()
     if "compare" in rec:
         results = run_beyond(rec, data_dir, out, cache, torch.device(device), progress, fresh)
+    elif "goals" in rec:
+        results = GoalsStudy(rec, data_dir, out, cache, torch.device(device), progress, fresh).run()
     elif "channels" in rec:
         results = ChannelsStudy(
             rec, data_dir, out, cache, torch.device(device), progress, fresh

@@ -102,14 +102,21 @@ class MacsCost:
     """
 
     def __init__(
-        self, model: nn.Module, graph: ChannelGraph | None = None, round_to: int | None = None
+        self,
+        model: nn.Module,
+        graph: ChannelGraph | None = None,
+        round_to: int | None = None,
+        per_layer: dict[str, float] | None = None,
+        total: float | None = None,
     ):
         graph = graph or graph_of(model)
         self.round_to = check_round_to(round_to)
-        macs = count_macs(model)
-        self.dense = float(macs["total"])
-        self.per_layer = {n: int(v) for n, v in macs["per_layer"].items()}
-        self.rest = int(macs["total"]) - sum(self.per_layer.values())
+        if per_layer is None:
+            macs = count_macs(model)
+            per_layer, total = dict(macs["per_layer"]), float(macs["total"])
+        self.per_layer = {n: float(v) for n, v in per_layer.items()}
+        self.dense = float(total if total is not None else sum(self.per_layer.values()))
+        self.rest = max(self.dense - sum(self.per_layer.values()), 0.0)
         self.channels = {n: g.channels for n, g in graph.groups.items()}
         self.out_of: dict[str, str] = {}
         self.in_of: dict[str, list[tuple[str, float]]] = {}
@@ -149,6 +156,26 @@ class MacsCost:
                 f *= (width - gone) / width
             total += dense * f
         return total
+
+
+class LatencyCost(MacsCost):
+    """Measured time, predicted like MACs: each conv/linear layer's time scales with the kept
+    fraction of its outputs and of its inputs; the rest of the forward (activations, pooling,
+    overhead) is taken as fixed. layer_ms: prunelab.latency.layer_latency; total_ms: the
+    whole forward's median. Closer to real time than MACs (small layers are slower per MAC),
+    still a prediction: latency_plan measures the pruned model and corrects the target."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_ms: dict[str, float],
+        total_ms: float,
+        graph: ChannelGraph | None = None,
+        round_to: int | None = None,
+    ):
+        if not (isinstance(total_ms, int | float) and total_ms > 0):
+            raise PlanError(f"total_ms must be a number > 0, got {total_ms!r}")
+        super().__init__(model, graph, round_to, per_layer=layer_ms, total=total_ms)
 
 
 class TableCost:
@@ -193,7 +220,11 @@ def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
 
 def _drop_curves(scan: Any, graph: ChannelGraph) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per group, (ratios, accuracy drop) from (0, 0), made non-decreasing (a scan is noisy;
-    pruning is never credited with a gain). A probe that emptied a group counts as accuracy 0."""
+    pruning is never credited with a gain) and convex (each step's drop per unit ratio at
+    least the previous step's). Without fine-tuning a layer's accuracy collapses to chance
+    and then stays there, so raw curves flatten past the collapse and a greedy search would
+    take the flat part as nearly free, gutting the most sensitive layers; after fine-tuning
+    the harm keeps growing. A probe that emptied a group counts as accuracy 0."""
     try:
         dense = float(scan["dense_accuracy"])
         ratios = [float(r) for r in scan["ratios"]]
@@ -220,8 +251,17 @@ def _drop_curves(scan: Any, graph: ChannelGraph) -> dict[str, tuple[np.ndarray, 
         xs = np.array([0.0] + [r for r, _ in pts if r > 0])
         drops = [dense - (a if a is not None else 0.0) for r, a in pts if r > 0]
         ds = np.maximum.accumulate(np.maximum(np.array([0.0] + drops), 0.0))
-        out[g.name] = (xs, ds)
+        out[g.name] = (xs, _convex(xs, ds))
     return out
+
+
+def _convex(xs: np.ndarray, ds: np.ndarray) -> np.ndarray:
+    """The curve through the same first point whose slopes are the running maximum of the
+    given slopes (so it lies on or above the given points)."""
+    if len(xs) < 2:
+        return ds
+    slopes = np.maximum.accumulate(np.diff(ds) / np.diff(xs))
+    return np.concatenate([[ds[0]], ds[0] + np.cumsum(slopes * np.diff(xs))])
 
 
 def greedy_plan(

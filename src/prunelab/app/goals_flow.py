@@ -1,0 +1,404 @@
+"""Speed-up goals, measured: a faster model within an accuracy bound, against two references.
+
+For each target {batch_size, speedup, max_drop}: a sensitivity-guided channel plan whose
+pruned model is timed at least `speedup` x faster than the dense one (latency_target_plan,
+aiming `margin` higher so the final run's noise does not decide the verdict), and
+Torch-Pruning's own uniform pruner at the same MACs (app.peer). All models are timed in one
+interleaved run before any fine-tuning (fine-tuning changes weights, not shapes; a quiet CPU
+matters more than anything else for timing). Then every pruned model is fine-tuned with the
+same budget for each seed, and so is the dense model itself (the control: extra epochs alone
+may raise it, so the bound is checked against it as well as against dense).
+
+A recipe with a [goals] table runs this instead of the study; steps resume and are redone
+when their settings change, as in `Study`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from ..accounting import count_macs, count_params
+from ..channels import channel_scan, prune_channels
+from ..channels.latency_plan import latency_target_plan
+from ..fileio import atomic_path, write_json, write_text
+from ..latency import measure_latency
+from ..latency_report import format_latency_table
+from ..models import save_checkpoint
+from .peer import peer_at_macs, peer_meta
+from .report import model_label
+from .steps import (
+    data_record,
+    environment,
+    evaluate_on,
+    finetune_checkpoint,
+    light,
+    norm,
+    recipe_splits,
+)
+from .study import Study, scan_images
+
+
+class GoalsStudy(Study):
+    """The [goals] benchmark as resumable steps on the recipe's dense model."""
+
+    def run(self) -> dict[str, Any]:
+        rec, out, g = self.rec, self.out, self.rec["goals"]
+        t0 = time.perf_counter()
+        torch.manual_seed(rec["seed"])
+        splits = recipe_splits(rec, self.data_dir, self.cache)
+        dense_path, dense, dense_ckpt = self.dense_model(splits)
+        scan_path = out / "goals" / "scan.json"
+        scan_digest = self.step(
+            "channel sensitivity scan",
+            scan_path,
+            lambda: self._scan(dense, splits, scan_path),
+            {"dense": self.dense_digest, "scan": g["scan"], "imp": g["importance"]},
+        )
+        scan = json.loads(scan_path.read_text())
+        pruned: dict[str, Path] = {}
+        plans: dict[str, Any] = {}
+        for t in g["targets"]:
+            b = t["batch_size"]
+            plan_path = out / "goals" / f"plan-b{b}.json"
+            settings = {
+                "scan": scan_digest,
+                "speedup": t["speedup"] * g["margin"],
+                "b": b,
+                **{k: g[k] for k in ("importance", "round_to", "max_ratio", "threads")},
+            }
+            digest = self.step(
+                f"latency plan batch {b}",
+                plan_path,
+                lambda t=t, p=plan_path: write_json(p, self._plan(dense, scan, t)),
+                settings,
+            )
+            plans[f"guided-b{b}"] = json.loads(plan_path.read_text())
+            p_path = out / "pruned" / f"guided-b{b}.pth"
+            self.step(
+                f"prune guided batch {b}",
+                p_path,
+                lambda p=p_path, pl=plans[f"guided-b{b}"]: self._prune(dense_path, pl, p),
+                {"plan": digest},
+            )
+            pruned[f"guided-b{b}"] = p_path
+            if g["peer"]:
+                peer_path = out / "pruned" / f"peer-b{b}.pth"
+                macs = plans[f"guided-b{b}"]["macs"]
+                self.step(
+                    f"Torch-Pruning uniform at {macs:,} MACs",
+                    peer_path,
+                    lambda p=peer_path, m=macs: self._peer(dense_path, m, p),
+                    {"plan": digest, "macs": macs},
+                )
+                pruned[f"peer-b{b}"] = peer_path
+        latency = self._latency(dense_path, pruned)
+        runs: dict[str, dict[int, Path]] = {}
+        for i, seed in enumerate(g["seeds"]):
+            for name, p_path in pruned.items():
+                runs.setdefault(name, {})[seed] = self._finetune_seed(name, p_path, seed, splits)
+            if i == 0 and g["control"]:
+                runs["control"] = {seed: self._finetune_seed("control", dense_path, seed, splits)}
+        rows = [self._row("dense", dense_path, {}, splits, latency)]
+        for name in runs:
+            src = dense_path if name == "control" else pruned[name]
+            rows.append(self._row(name, src, runs[name], splits, latency))
+        results = {
+            "recipe": {"name": rec["name"], "file": rec["file"], "description": rec["description"]},
+            "kind": "goals",
+            "dense": {
+                "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
+                "model": self.model_spec,
+                "width": getattr(dense, "width", None),
+                "meta": light(dense_ckpt["meta"]),
+            },
+            "data": data_record(splits),
+            "environment": environment(),
+            "goals": json.loads(json.dumps(g, default=lambda o: o.__dict__)),
+            "plans": plans,
+            "rows": rows,
+            "latency": latency,
+            "timings_seconds": self.timings,
+            "seconds_total": time.perf_counter() - t0,
+        }
+        results["verdicts"] = verdicts(results)
+        plot_goals(results, out / "figures" / "goals_accuracy_vs_latency.png")
+        write_json(out / "results.json", results)
+        write_text(out / "report.md", goals_report(results))
+        return results
+
+    # ----- steps -----
+    def _scan(self, model: Any, splits: Any, path: Path) -> None:
+        g = self.rec["goals"]
+        x, y = scan_images(splits, "val", self.rec["data"].get("scan_subset"), self.rec)
+        res = channel_scan(
+            model,
+            x,
+            y,
+            ratios=g["scan"]["ratios"],
+            importance=g["importance"],
+            normalize=norm(model),
+            progress=self.progress,
+        )
+        res["images"] = len(y)
+        write_json(path, res)
+
+    def _plan(self, dense: Any, scan: Any, t: dict[str, Any]) -> dict[str, Any]:
+        g = self.rec["goals"]
+        return latency_target_plan(
+            dense,
+            scan,
+            t["speedup"] * g["margin"],
+            batch_size=t["batch_size"],
+            importance=g["importance"],
+            round_to=g["round_to"],
+            threads=g["threads"],
+            max_ratio=g["max_ratio"],
+        )
+
+    def _prune(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
+        g = self.rec["goals"]
+        model, ck = self.load(dense_path)
+        kept = prune_channels(
+            model, plan["plan"], importance=g["importance"], round_to=g["round_to"]
+        )
+        meta = {
+            **light(ck["meta"]),
+            "produced_by": "prunelab goals: guided",
+            "channel_plan": plan["plan"],
+            "kept_channels": kept,
+        }
+        save_checkpoint(path, model, meta)
+
+    def _peer(self, dense_path: Path, macs: int, path: Path) -> None:
+        model, ck = self.load(dense_path)
+        peer, ratio = peer_at_macs(model, macs)
+        save_checkpoint(path, peer, {**light(ck["meta"]), **peer_meta(peer, ratio)})
+
+    def _latency(self, dense_path: Path, models: dict[str, Path]) -> dict[str, Any]:
+        """Dense and every pruned model timed interleaved in one run (eager fp32)."""
+        g = self.rec["goals"]
+        path = self.out / "latency.json"
+        sizes = sorted({t["batch_size"] for t in g["targets"]})
+        settings = {
+            "models": {k: str(v) for k, v in models.items()},
+            "b": sizes,
+            "reps": g["reps"],
+            "threads": g["threads"],
+        }
+        self.step(
+            "latency (interleaved, eager fp32)",
+            path,
+            lambda: write_json(
+                path,
+                measure_latency(
+                    {"dense": self.load(dense_path)[0]}
+                    | {k: self.load(v)[0] for k, v in models.items()},
+                    batch_sizes=sizes,
+                    threads=g["threads"],
+                    reps=g["reps"],
+                ),
+            ),
+            settings,
+        )
+        return json.loads(path.read_text())
+
+    def _finetune_seed(self, name: str, src: Path, seed: int, splits: Any) -> Path:
+        cfg = copy.deepcopy(self.rec["goals"]["finetune"])
+        cfg.seed = seed
+        out = self.out / "finetune" / f"{name}-seed{seed}.pth"
+        self.step(
+            f"finetune {name} seed {seed}",
+            out,
+            lambda: finetune_checkpoint(
+                src,
+                out,
+                splits,
+                cfg,
+                target=0.0 if name == "control" else None,
+                resume=self.interrupted(out),
+                device=self.device,
+                progress=self.progress,
+                desc=f"finetune {name} s{seed}",
+                cache=self.cache,
+            ),
+            {"src": str(src), "ft": cfg, "data": self.rec["data"]},
+        )
+        return out
+
+    def _row(
+        self, name: str, src: Path, runs: dict[int, Path], splits: Any, latency: dict[str, Any]
+    ) -> dict[str, Any]:
+        model = self.load(src)[0]
+        row: dict[str, Any] = {
+            "name": name,
+            "params": count_params(model),
+            "macs": count_macs(model)["total"],
+            "accuracy_before": self._accuracy(name + "-before", src, splits),
+            "accuracy_after": {
+                s: self.load(p)[1]["meta"]["test_accuracy"] for s, p in runs.items()
+            },
+        }
+        after = list(row["accuracy_after"].values())
+        row["accuracy_mean"] = statistics.fmean(after) if after else row["accuracy_before"]
+        lat_name = "dense" if name == "control" else name
+        for r in latency["rows"]:
+            if r["model"] == lat_name:
+                row[f"latency_ms_b{r['batch_size']}"] = r["median_ms"]
+                row[f"speedup_b{r['batch_size']}"] = r.get("speedup") or 1.0
+        return row
+
+    def _accuracy(self, name: str, src: Path, splits: Any) -> float:
+        path = self.out / "eval" / f"goals-{name}.json"
+        self.step(
+            f"evaluate {name}",
+            path,
+            lambda: write_json(
+                path, {"accuracy": evaluate_on(self.load(src)[0], splits)["accuracy"]}
+            ),
+            {"model": str(src), "mtime": src.stat().st_mtime_ns},
+        )
+        return json.loads(path.read_text())["accuracy"]
+
+
+def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal checked: the speed-up at its batch size, the accuracy bound against dense and
+    against the control, and (with the peer) accuracy and speed against Torch-Pruning's."""
+    rows = {x["name"]: x for x in r["rows"]}
+    dense = rows["dense"]["accuracy_mean"]
+    control = rows["control"]["accuracy_mean"] if "control" in rows else None
+    out = []
+    for t in r["goals"]["targets"]:
+        b = t["batch_size"]
+        ours = rows.get(f"guided-b{b}")
+        if ours is None:
+            continue
+        v = {
+            "batch_size": b,
+            "speedup_goal": t["speedup"],
+            "speedup": ours[f"speedup_b{b}"],
+            "accuracy_mean": ours["accuracy_mean"],
+            "max_drop_points": t["max_drop"],
+            "delta_dense_points": 100 * (ours["accuracy_mean"] - dense),
+            "delta_control_points": None
+            if control is None
+            else 100 * (ours["accuracy_mean"] - control),
+        }
+        ref = v["delta_control_points"] if control is not None else v["delta_dense_points"]
+        v["met"] = v["speedup"] >= t["speedup"] and ref >= -t["max_drop"]
+        peer = rows.get(f"peer-b{b}")
+        if peer is not None:
+            v["peer_accuracy_mean"] = peer["accuracy_mean"]
+            v["peer_speedup"] = peer[f"speedup_b{b}"]
+            v["beats_peer"] = (
+                ours["accuracy_mean"] >= peer["accuracy_mean"] and v["speedup"] >= v["peer_speedup"]
+            )
+        out.append(v)
+    return out
+
+
+LABELS = {"dense": "dense", "control": "dense control (fine-tuned as long)"}
+
+
+def label(name: str) -> str:
+    if name in LABELS:
+        return LABELS[name]
+    kind, b = name.split("-b")
+    who = "prunelab guided" if kind == "guided" else "Torch-Pruning uniform"
+    return f"{who} (batch-{b} plan)"
+
+
+def plot_goals(r: dict[str, Any], path: Path) -> None:
+    """Mean accuracy after fine-tuning against latency, one panel per batch size."""
+    sizes = sorted({t["batch_size"] for t in r["goals"]["targets"]})
+    fig = Figure(figsize=(5.5 * len(sizes), 4.2))
+    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
+    style = {"dense": ("*", 12), "control": ("P", 10), "guided": ("^", 8), "peer": ("s", 7)}
+    for ax, b in zip(axes, sizes, strict=True):
+        for x in r["rows"]:
+            kind = x["name"].split("-b")[0]
+            marker, size = style[kind]
+            ax.plot(
+                x[f"latency_ms_b{b}"],
+                100 * x["accuracy_mean"],
+                marker=marker,
+                markersize=size,
+                linestyle="none",
+                label=label(x["name"]),
+            )
+        ax.set_xlabel(f"median latency, batch {b} (ms, eager fp32)")
+        ax.set_ylabel("test accuracy after fine-tuning (%, mean of seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{model_label(r['dense'])}: speed-up goals", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+
+
+def goals_report(r: dict[str, Any]) -> str:
+    """report.md: models, goal verdicts, the latency table and the figure."""
+    g = r["goals"]
+    sizes = sorted({t["batch_size"] for t in g["targets"]})
+    ft = g["finetune"]
+    lines = [
+        f"# prunelab goals report: {r['recipe']['name']}",
+        "",
+        r["recipe"].get("description", ""),
+        "",
+        f"- dense model: {r['dense']['source']} ({model_label(r['dense'])})",
+        f"- data: {r['data']['source']}; {r['data']['test_images']} test images",
+        f"- environment: {r['environment']['device']}, torch {r['environment']['torch']}, "
+        f"prunelab {r['environment']['prunelab']}",
+        f"- fine-tuning for every model, the control included: {ft['epochs']} epochs of "
+        f"{ft['optimizer']} (lr {ft['lr']}, {ft['schedule']}), seeds {g['seeds']}",
+        "- latency: every model timed in one interleaved run before fine-tuning (shapes, not "
+        "weights, set the time), eager PyTorch fp32, BatchNorm folded",
+        "",
+        "| model | params | MACs | "
+        + " | ".join(f"batch-{b} ms | speed-up b{b}" for b in sizes)
+        + " | before FT % | after FT % (per seed) | mean % |",
+        "|---|---:|---:|" + "---:|---:|" * len(sizes) + "---:|---|---:|",
+    ]
+    for x in r["rows"]:
+        lat = " | ".join(f"{x[f'latency_ms_b{b}']:.2f} | {x[f'speedup_b{b}']:.2f}x" for b in sizes)
+        per_seed = ", ".join(f"{100 * a:.2f}" for a in x["accuracy_after"].values()) or "-"
+        lines.append(
+            f"| {label(x['name'])} | {x['params']:,} | {x['macs']:,} | {lat} | "
+            f"{100 * x['accuracy_before']:.2f} | {per_seed} | {100 * x['accuracy_mean']:.2f} |"
+        )
+    lines += ["", "## Goals", ""]
+    for v in r["verdicts"]:
+        ctrl = v["delta_control_points"]
+        lines.append(
+            f"- batch {v['batch_size']}: {v['speedup']:.2f}x faster (goal {v['speedup_goal']}x), "
+            f"{v['delta_dense_points']:+.2f} points to dense"
+            + ("" if ctrl is None else f", {ctrl:+.2f} to the control")
+            + f" (bound -{v['max_drop_points']}): **{'met' if v['met'] else 'not met'}**"
+        )
+        if "peer_accuracy_mean" in v:
+            lines.append(
+                f"  - Torch-Pruning uniform at the same MACs: "
+                f"{100 * v['peer_accuracy_mean']:.2f}% and {v['peer_speedup']:.2f}x, prunelab "
+                f"{100 * v['accuracy_mean']:.2f}% and {v['speedup']:.2f}x: **"
+                + ("prunelab at least as accurate and as fast" if v["beats_peer"] else "peer ahead")
+                + "**"
+            )
+    lines += [
+        "",
+        "![accuracy against latency](figures/goals_accuracy_vs_latency.png)",
+        "",
+        "## Latency",
+        "",
+        format_latency_table(r["latency"]),
+        "",
+    ]
+    return "\n".join(lines)

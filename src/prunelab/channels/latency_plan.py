@@ -1,0 +1,116 @@
+"""A channel plan for a measured speed-up: predict with layer timings, then time and correct.
+
+Layer timings (prunelab.latency.layer_latency) predict a pruned model's time well enough to
+rank moves, not to promise a speed-up: thin convolutions run slower per MAC, and the time
+outside conv/linear layers does not shrink evenly. So the plan is made for a predicted time,
+the pruned model is then timed against the dense one (interleaved, same run), and the
+predicted target is lowered by the shortfall until the measured speed-up is reached. Every
+attempt is kept in the result, with the timings and settings used, so the plan is repeatable.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from ..errors import PlanError
+from ..latency import cpu_name, layer_latency, measure_latency
+from .plans import LatencyCost, macs_target_plan
+from .surgery import graph_of, prune_in_place
+
+
+def latency_target_plan(
+    model: nn.Module,
+    scan: dict[str, Any],
+    speedup: float,
+    batch_size: int = 1,
+    importance: str = "l2",
+    round_to: int | None = None,
+    threads: int | None = None,
+    reps: int = 20,
+    attempts: int = 6,
+    max_ratio: float = 0.8,
+    tolerance: float = 0.08,
+) -> dict[str, Any]:
+    """The scan-guided plan whose pruned model measures at least `speedup` x faster than the
+    dense one at `batch_size` (eager fp32, BN folded), pruning no more than needed: attempts
+    stop once the measured speed-up is within `tolerance` above the goal; the slowest
+    attempt that reached it is kept, else the fastest ("reached": False).
+
+    Returns macs_target_plan's result plus "speedup_target", "batch_size", "measured_speedup",
+    "attempts" [{fraction, macs, measured_speedup}] and "layer_timings".
+    """
+    if not (isinstance(speedup, int | float) and speedup > 1):
+        raise PlanError(f"speedup must be a number > 1, got {speedup!r}")
+    layer_ms = layer_latency(model, batch_size=batch_size, threads=threads, reps=reps)
+    dense_ms = _median(
+        measure_latency({"dense": model}, batch_sizes=[batch_size], threads=threads, reps=reps),
+        "dense",
+    )
+    cost = LatencyCost(model, layer_ms, dense_ms, graph_of(model), round_to)
+    fraction, tried, best = 1.0 / speedup, [], None
+    for _ in range(attempts):
+        try:
+            res = macs_target_plan(
+                model,
+                scan,
+                fraction,
+                importance=importance,
+                cost=cost,
+                round_to=round_to,
+                max_ratio=max_ratio,
+            )
+        except PlanError as e:
+            if best is None:
+                raise PlanError(f"a {speedup}x speed-up at batch {batch_size}: {e}") from None
+            break  # a corrected target beyond reach: keep the best attempt so far
+        pruned = copy.deepcopy(model)
+        prune_in_place(pruned, res["plan"], importance, round_to)
+        timed = measure_latency(
+            {"dense": model, "pruned": pruned}, batch_sizes=[batch_size], threads=threads, reps=reps
+        )
+        got = _median(timed, "dense") / _median(timed, "pruned")
+        tried.append({"fraction": fraction, "macs": res["macs"], "measured_speedup": got})
+        if _better(got, best, speedup):
+            best = (got, res)
+        if speedup <= got <= speedup * (1 + tolerance):
+            break
+        fraction = min(
+            1.0, fraction * got / speedup
+        )  # the measured miss, taken off (or given back to) the target
+    got, res = best
+    res.update(
+        {
+            "speedup_target": speedup,
+            "batch_size": batch_size,
+            "measured_speedup": got,
+            "attempts": tried,
+            "reached": got >= speedup,
+            "layer_timings": {
+                "layer_ms": layer_ms,
+                "dense_ms": dense_ms,
+                "batch_size": batch_size,
+                "threads": timed["settings"]["threads"],
+                "cpu": cpu_name(),
+                "rule": "a layer's time scales with its kept output and input fractions; "
+                "the rest of the forward is fixed (LatencyCost); each attempt timed",
+            },
+        }
+    )
+    return res
+
+
+def _better(got: float, best: tuple[float, Any] | None, goal: float) -> bool:
+    """Reaching the goal beats missing it; among those reaching it, less pruning (a lower
+    speed-up) is better; among misses, a higher speed-up."""
+    if best is None:
+        return True
+    if (got >= goal) != (best[0] >= goal):
+        return got >= goal
+    return got < best[0] if got >= goal else got > best[0]
+
+
+def _median(result: dict[str, Any], name: str) -> float:
+    return next(r["median_ms"] for r in result["rows"] if r["model"] == name)

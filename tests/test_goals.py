@@ -1,0 +1,241 @@
+"""Speed-up goals: the convex scan curves, the latency cost, the measured-target plan loop,
+the Torch-Pruning peer saved as a prunelab checkpoint, the [goals] recipe and its flow."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from prunelab.accounting import count_macs
+from prunelab.app.peer import peer_at_macs, torch_pruning_uniform
+from prunelab.app.recipes import load_recipe
+from prunelab.channels import channel_groups, prune_channels
+from prunelab.channels import latency_plan as lp
+from prunelab.channels.plans import LatencyCost, _convex, macs_target_plan
+from prunelab.errors import PlanError, RecipeError
+from prunelab.models import build_model, load_model, save_checkpoint
+
+
+def vgg(width: float = 0.125) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("vgg", {"width": width}).eval()
+
+
+def test_convex_curve_never_flattens_after_a_collapse():
+    xs = np.array([0.0, 0.25, 0.5, 0.75])
+    ds = np.array([0.0, 0.1, 0.6, 0.65])  # collapsed at 0.5, then flat: not free to go on
+    out = _convex(xs, ds)
+    assert out[:3].tolist() == pytest.approx([0.0, 0.1, 0.6])
+    assert out[3] == pytest.approx(0.6 + 0.25 * 2.0)  # the steepest slope so far carries on
+    assert np.all(np.diff(np.diff(out) / np.diff(xs)) >= -1e-12)
+    gentle = np.array([0.0, 0.1, 0.3, 0.6])  # already convex: unchanged
+    assert _convex(xs, gentle).tolist() == pytest.approx(gentle.tolist())
+
+
+def test_latency_cost_scales_layer_times_by_kept_fractions():
+    m = vgg()
+    groups = list(channel_groups(m))
+    layer_ms = {n: 1.0 for n in count_macs(m)["per_layer"]}
+    cost = LatencyCost(m, layer_ms, total_ms=len(layer_ms) + 2.0)
+    assert cost({}) == pytest.approx(cost.dense) and cost.rest == pytest.approx(2.0)
+    half = cost({groups[3]: 0.5})  # conv3's outputs and conv4's inputs halved
+    assert half == pytest.approx(cost.dense - 0.5 - 0.5)
+    with pytest.raises(PlanError, match="total_ms"):
+        LatencyCost(m, layer_ms, total_ms=0)
+
+
+def fake_latency(monkeypatch, slow=1.0):
+    """Time = MACs (ms per million) x `slow` for pruned copies: a deterministic clock."""
+
+    def measure(models, batch_sizes, threads=None, reps=20):
+        rows = []
+        for i, (name, model) in enumerate(models.items()):
+            ms = count_macs(model)["total"] / 1e6 * (1.0 if i == 0 else slow)
+            rows.append({"model": name, "batch_size": batch_sizes[0], "median_ms": ms})
+        return {"rows": rows, "settings": {"threads": 1}}
+
+    def layers(model, batch_size=1, threads=None, reps=20):
+        return {n: v / 1e6 for n, v in count_macs(model)["per_layer"].items()}
+
+    monkeypatch.setattr(lp, "measure_latency", measure)
+    monkeypatch.setattr(lp, "layer_latency", layers)
+
+
+def flat_scan(m):
+    return {
+        "dense_accuracy": 0.9,
+        "ratios": [0.5],
+        "groups": {
+            n: {"channels": g["channels"], "accuracy": [0.8]} for n, g in channel_groups(m).items()
+        },
+    }
+
+
+def test_latency_plan_corrects_the_target_by_the_measured_miss(monkeypatch):
+    m = vgg()
+    fake_latency(monkeypatch, slow=1.3)  # pruned models run 30% slower than predicted
+    res = lp.latency_target_plan(m, flat_scan(m), 2.0, batch_size=1)
+    assert len(res["attempts"]) >= 2  # the first plan missed, the next aimed lower
+    assert res["attempts"][0]["measured_speedup"] < 2.0
+    assert res["reached"] and res["measured_speedup"] >= 2.0
+    assert res["measured_speedup"] == max(
+        a["measured_speedup"]
+        for a in res["attempts"]
+        if a["measured_speedup"] <= res["measured_speedup"]
+    )
+    pruned = copy.deepcopy(m)
+    assert prune_channels(pruned, res["plan"]) == res["channels"]
+    assert res["layer_timings"]["batch_size"] == 1 and res["layer_timings"]["layer_ms"]
+
+
+def test_latency_plan_reports_a_goal_it_cannot_reach(monkeypatch):
+    m = vgg()
+    fake_latency(monkeypatch, slow=30.0)  # far slower than predicted: corrections run out
+    res = lp.latency_target_plan(m, flat_scan(m), 1.5, attempts=3)
+    assert not res["reached"] and res["measured_speedup"] < 1.5
+    assert res["measured_speedup"] == max(a["measured_speedup"] for a in res["attempts"])
+    with pytest.raises(PlanError, match="a 50.0x speed-up at batch 1: the target"):
+        lp.latency_target_plan(m, flat_scan(m), 50.0, max_ratio=0.5)
+    with pytest.raises(PlanError, match="speedup"):
+        lp.latency_target_plan(m, flat_scan(m), 1.0)
+
+
+def test_plan_keeps_the_sensitive_group_whole_before_the_flat_ones():
+    m = vgg()
+    scan = flat_scan(m)
+    scan["ratios"] = [0.25, 0.5]
+    for n, row in scan["groups"].items():
+        row["accuracy"] = [0.1, 0.1] if n == "backbone.conv4" else [0.89, 0.88]
+    plan = macs_target_plan(m, scan, 0.6)["plan"]
+    assert plan["backbone.conv4"] == 0.0
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet20"])
+def test_peer_is_saved_and_reloaded_as_a_prunelab_checkpoint(tmp_path, arch):
+    torch.manual_seed(0)
+    m = build_model(arch, {"width": 0.25} if arch == "vgg" else {"width": 0.5}).eval()
+    peer = torch_pruning_uniform(m, 0.5)
+    assert count_macs(peer)["total"] < 0.4 * count_macs(m)["total"]
+    dense_shapes = [
+        p.shape
+        for p in build_model(
+            arch, {"width": 0.25} if arch == "vgg" else {"width": 0.5}
+        ).parameters()
+    ]
+    assert [p.shape for p in m.parameters()] == dense_shapes  # the caller's model is untouched
+    save_checkpoint(tmp_path / "p.pth", peer, {})
+    back, ck = load_model(tmp_path / "p.pth")
+    back.eval()
+    assert ck["arch"]["channels"]
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(back(x), peer(x), atol=1e-5)
+
+
+def test_peer_lands_near_the_macs_asked_for():
+    m = vgg(0.25)
+    target = count_macs(m)["total"] // 3
+    peer, ratio = peer_at_macs(m, target)
+    got = count_macs(peer)["total"]
+    assert 0 < ratio < 0.95 and abs(got - target) / target < 0.08
+
+
+GOALS = """
+name = "tiny-goals"
+seed = 0
+
+[model]
+name = "vgg"
+width = 0.125
+
+[data]
+val_size = 200
+train_subset = 512
+test_subset = 200
+scan_subset = 100
+
+[dense.train]
+epochs = 1
+batch_size = 128
+
+[goals]
+targets = [
+    { batch_size = 1, speedup = 1.2, max_drop = 60 },
+    { batch_size = 8, speedup = 1.5, max_drop = 60 },
+]
+seeds = [0, 1]
+reps = 3
+
+[goals.scan]
+ratios = [0.5]
+
+[goals.finetune]
+epochs = 1
+batch_size = 128
+bf16 = false
+"""
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (("speedup = 1.2", "speedup = 1.0"), "goals.targets\\[0\\].speedup"),
+        (("speedup = 1.2, max_drop = 60", "speedup = 1.2"), "batch_size, speedup and max_drop"),
+        (("batch_size = 8", "batch_size = 1"), "one target per batch size"),
+        (("seeds = [0, 1]", "seeds = [0, 0]"), "distinct seeds"),
+        (("reps = 3", "repz = 3"), "did you mean 'goals.reps'"),
+        (("val_size = 200", "val_size = 0"), "data.val_size"),
+        (("[goals]", "[prune]\nsparsities = [0.5]\n[goals]"), "not used by a \\[goals\\]"),
+    ],
+)
+def test_goals_recipe_errors(tmp_path, edit, match):
+    (tmp_path / "r.toml").write_text(GOALS.replace(*edit))
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(tmp_path / "r.toml")
+
+
+@pytest.fixture(scope="module")
+def goals_run(tmp_path_factory, jpeg_root, cifar, cifar_cache):
+    from prunelab.app.run import run_recipe
+
+    tmp = tmp_path_factory.mktemp("goals")
+    (tmp / "r.toml").write_text(GOALS)
+    res = run_recipe(
+        load_recipe(tmp / "r.toml"), jpeg_root, out=tmp / "run", cache=cifar_cache, progress=False
+    )
+    return tmp / "run", res
+
+
+def test_goals_flow_measures_every_model_against_dense_control_and_peer(goals_run):
+    run, res = goals_run
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"dense", "control", "guided-b1", "peer-b1", "guided-b8", "peer-b8"}
+    assert rows["control"]["macs"] == rows["dense"]["macs"]
+    assert list(rows["control"]["accuracy_after"]) == [0]  # the control: first seed only
+    for b in (1, 8):
+        ours, peer = rows[f"guided-b{b}"], rows[f"peer-b{b}"]
+        assert ours["macs"] < rows["dense"]["macs"]
+        assert abs(peer["macs"] - ours["macs"]) / ours["macs"] < 0.15  # same MACs, nearly
+        assert sorted(ours["accuracy_after"]) == [0, 1] == sorted(peer["accuracy_after"])
+        assert ours["accuracy_mean"] == pytest.approx(
+            np.mean(list(ours["accuracy_after"].values()))
+        )
+        for r in (ours, peer):
+            assert r["latency_ms_b1"] > 0 and r["latency_ms_b8"] > 0
+    for v in res["verdicts"]:
+        ours = rows[f"guided-b{v['batch_size']}"]
+        assert v["speedup"] == ours[f"speedup_b{v['batch_size']}"]
+        delta = 100 * (ours["accuracy_mean"] - rows["control"]["accuracy_mean"])
+        assert v["delta_control_points"] == pytest.approx(delta)
+        assert v["met"] == (v["speedup"] >= v["speedup_goal"] and delta >= -60)
+    report = (run / "report.md").read_text()
+    assert "## Goals" in report and "Torch-Pruning uniform" in report
+    assert (run / "figures" / "goals_accuracy_vs_latency.png").stat().st_size > 10_000
+
+
+def test_goals_models_reload_without_flags(goals_run):
+    run, _ = goals_run
+    for name in ("guided-b1-seed1", "peer-b8-seed0"):
+        model, ck = load_model(run / "finetune" / f"{name}.pth")
+        assert ck["arch"]["channels"] and "masks" not in ck
