@@ -60,7 +60,12 @@ class GoalsStudy(Study):
             "channel sensitivity scan",
             scan_path,
             lambda: self._scan(dense, splits, scan_path),
-            {"dense": self.dense_digest, "scan": g["scan"], "imp": g["importance"]},
+            {
+                "dense": self.dense_digest,
+                "scan": g["scan"],
+                "imp": g["importance"],
+                "calibrate": g["calibrate"],
+            },
         )
         scan = json.loads(scan_path.read_text())
         pruned: dict[str, Path] = {}
@@ -146,6 +151,7 @@ class GoalsStudy(Study):
             importance=g["importance"],
             normalize=norm(model),
             progress=self.progress,
+            calibrate=calibration_images(splits, g["calibrate"], self.rec["seed"]),
         )
         res["images"] = len(y)
         write_json(path, res)
@@ -266,6 +272,16 @@ class GoalsStudy(Study):
             {"model": str(src), "mtime": src.stat().st_mtime_ns},
         )
         return json.loads(path.read_text())["accuracy"]
+
+
+def calibration_images(splits: Any, n: int, seed: int) -> torch.Tensor | None:
+    """`n` training images, drawn with the recipe's seed, for re-estimating BatchNorm
+    statistics of each scan probe (None: off)."""
+    if n == 0:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(splits.train_x), generator=g)[:n]
+    return splits.train_x[idx]
 
 
 def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
