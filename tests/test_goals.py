@@ -239,3 +239,37 @@ def test_goals_models_reload_without_flags(goals_run):
     for name in ("guided-b1-seed1", "peer-b8-seed0"):
         model, ck = load_model(run / "finetune" / f"{name}.pth")
         assert ck["arch"]["channels"] and "masks" not in ck
+
+
+def test_recalibrate_bn_sets_running_stats_to_the_calibration_images():
+    from prunelab.channels.scan import recalibrate_bn
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4)).eval()
+    m[1].running_mean.fill_(5.0)  # stale statistics
+    x = torch.randint(0, 256, (512, 3, 8, 8), dtype=torch.uint8)
+    recalibrate_bn(m, x, batch_size=256)
+    with torch.no_grad():
+        pre = m[0](x.float() / 255)
+    assert torch.allclose(m[1].running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert not m.training and m[1].momentum == 0.1  # left as found
+    assert m[1].num_batches_tracked == 2
+
+
+def test_scan_with_calibration_is_recalibrate_then_evaluate():
+    from prunelab.channels import channel_scan
+    from prunelab.channels.scan import recalibrate_bn
+    from prunelab.evaluation import evaluate
+
+    m = vgg()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    cal = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8, generator=g)
+    res = channel_scan(m, x, y, ratios=[0.5], groups=["backbone.conv2"], calibrate=cal)
+    probe = copy.deepcopy(m)
+    prune_channels(probe, {"backbone.conv2": 0.5})
+    recalibrate_bn(probe, cal)
+    want = evaluate(probe, x, y, num_classes=10)["accuracy"]
+    assert res["groups"]["backbone.conv2"]["accuracy"] == [pytest.approx(float(want))]
+    assert res["bn_recalibrated_on"] == 128
