@@ -85,3 +85,27 @@ def test_cli_importance_choices_are_the_library_ones():
     from prunelab.channels import IMPORTANCES as LIBRARY
 
     assert IMPORTANCES == list(LIBRARY)
+
+
+def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache):
+    torch.manual_seed(0)
+    save_checkpoint(d / "small.pth", build_model("vgg", {"width": 0.125}))
+    data = ["--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache), "--no-progress",
+            "--train-subset", "256", "--val-size", "64"]  # fmt: skip
+    scan_dir = d / "scan"
+    assert main(["sensitivity", str(d / "small.pth"), "--channels", "--ratios", "0.5",
+                 "--calibrate", "128", "--out", str(scan_dir), *data]) == 0  # fmt: skip
+    scan = json.loads((scan_dir / "channel_scan.json").read_text())
+    assert scan["bn_recalibrated_on"] == 128 and scan["images"] == 64
+    macs_plan, lat_plan = d / "macs.json", d / "lat.json"
+    plan = ["plan", str(d / "small.pth"), "--channel-scan", str(scan_dir / "channel_scan.json")]
+    assert main([*plan, "--macs", "0.6", "--out", str(macs_plan)]) == 0  # fmt: skip
+    assert json.loads(macs_plan.read_text())["macs_fraction"] <= 0.6
+    assert main([*plan, "--latency", "0.8", "--out", str(lat_plan)]) == 0  # fmt: skip
+    lat = json.loads(lat_plan.read_text())
+    assert lat["speedup_target"] == pytest.approx(1.25) and lat["attempts"]
+    assert lat["layer_timings"]["layer_ms"] and lat["layer_timings"]["dense_ms"] > 0
+    assert main(["prune", str(d / "small.pth"), "--channel-plan", str(lat_plan),
+                 "--out", str(d / "lat-pruned.pth")]) == 0  # fmt: skip
+    model, ck = load_model(d / "lat-pruned.pth")
+    assert ck["arch"]["channels"] == lat["channels"]

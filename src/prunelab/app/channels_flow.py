@@ -31,6 +31,7 @@ from ..models import save_checkpoint
 from ..pruning import sparsity_report
 from .report import model_label
 from .steps import (
+    calibration_images,
     data_record,
     environment,
     finetune_checkpoint,
@@ -194,6 +195,7 @@ class ChannelsStudy(Study):
             importance=ch["importance"],
             normalize=norm(model),
             progress=self.progress,
+            calibrate=calibration_images(splits, ch["scan"]["calibrate"], self.rec["seed"]),
         )
         res["images"] = len(y)
         write_json(path, res)

@@ -359,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     _importance_opt(
         s, "--channels: which channels go first (default l2; see prunelab prune --help)"
     )
+    s.add_argument(
+        "--calibrate",
+        type=count,
+        default=1024,
+        help="--channels: re-estimate each probe's BatchNorm statistics on this many training "
+        "images before scoring it (adaptive BN: the scan then tracks accuracy after "
+        "fine-tuning far better); 0 scores probes as cut (default 1024)",
+    )
 
     s = _command(
         sub, "finetune", commands.finetune, "fine-tune a pruned model; pruned weights stay zero"
@@ -470,8 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency",
         type=ratio_open,
         default=None,
-        help="--channel-scan: reach this fraction of the dense latency, by per-layer timings "
-        "measured now and stored in the plan (so the plan is repeatable)",
+        help="--channel-scan: reach this fraction of the dense latency, measured: the plan "
+        "is predicted from per-layer timings, the pruned model timed against the dense one "
+        "and the target corrected until it holds (timings and attempts stored in the plan)",
     )
     s.add_argument(
         "--latency-batch-size",

@@ -264,9 +264,10 @@ def sensitivity(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     dev = device(args)
     model, _ = load(args)
-    x, y = splits(args, need_val=args.split == "val").split(args.split)
+    data = splits(args, need_val=args.split == "val")
+    x, y = data.split(args.split)
     if args.channels:
-        return channel_sensitivity(args, model, x, y)
+        return channel_sensitivity(args, model, x, y, data)
     res = scan_to_folder(
         model,
         x,
@@ -288,10 +289,10 @@ def sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
-def channel_sensitivity(args: argparse.Namespace, model: Any, x: Any, y: Any) -> int:
+def channel_sensitivity(args: argparse.Namespace, model: Any, x: Any, y: Any, data: Any) -> int:
     from ..channels import channel_scan
     from ..fileio import write_json
-    from .steps import norm
+    from .steps import calibration_images, norm
 
     res = channel_scan(
         model,
@@ -301,6 +302,7 @@ def channel_sensitivity(args: argparse.Namespace, model: Any, x: Any, y: Any) ->
         importance=args.importance,
         normalize=norm(model),
         progress=not args.no_progress,
+        calibrate=calibration_images(data, args.calibrate, args.seed),
     )
     res["split"], res["images"] = args.split, len(y)
     write_json(Path(args.out) / "channel_scan.json", res)
@@ -398,9 +400,9 @@ def plan(args: argparse.Namespace) -> int:
 
 def channel_plan(args: argparse.Namespace, model: Any) -> int:
     """A channel plan reaching a MACs or measured-latency target, guided by a channel scan."""
-    from ..channels import channel_groups, macs_target_plan
+    from ..channels import macs_target_plan
+    from ..channels.latency_plan import latency_target_plan
     from ..fileio import write_json
-    from ..latency import cpu_name, layer_latency
 
     if (args.macs is None) == (args.latency is None):
         raise PrunelabError("with --channel-scan give exactly one of --macs F or --latency F")
@@ -408,38 +410,25 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
         scan = json.loads(Path(args.channel_scan).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PrunelabError(f"scan {args.channel_scan}: cannot read it as JSON ({e})") from None
-    cost, timings = None, None
     if args.latency is not None:
-        import torch
-
-        ms = layer_latency(model, batch_size=args.latency_batch_size, threads=args.threads)
-        groups = channel_groups(model)
-        cost = {
-            "dense": sum(ms.values()) / 1000,
-            "groups": {
-                g: sum(ms.get(m, 0.0) for m in {*info["members"], *info["consumers"]}) / 1000
-                for g, info in groups.items()
-            },
-        }
-        timings = {
-            "layer_ms": ms,
-            "batch_size": args.latency_batch_size,
-            "threads": torch.get_num_threads(),
-            "cpu": cpu_name(),
-            "torch": str(torch.__version__),
-            "rule": "removing a fraction r of a group's channels saves r x the summed time of "
-            "its layers and their consumers (hook timings, approximate)",
-        }
-    result = macs_target_plan(
-        model,
-        scan,
-        args.macs if args.macs is not None else args.latency,
-        importance=args.importance,
-        cost=cost,
-        round_to=args.round_to,
-    )
-    if timings is not None:
-        result["layer_timings"] = timings
+        result = latency_target_plan(
+            model,
+            scan,
+            1 / args.latency,
+            batch_size=args.latency_batch_size,
+            importance=args.importance,
+            round_to=args.round_to,
+            threads=args.threads,
+        )
+        if not result["reached"]:
+            print(
+                f"warning: the closest plan measured {result['measured_speedup']:.2f}x faster, "
+                f"short of {1 / args.latency:.2f}x at batch {args.latency_batch_size}"
+            )
+    else:
+        result = macs_target_plan(
+            model, scan, args.macs, importance=args.importance, round_to=args.round_to
+        )
     write_json(args.out, result)
     target = f"MACs {args.macs}" if args.macs is not None else f"latency {args.latency}"
     print(

@@ -35,6 +35,7 @@ from ..models import save_checkpoint
 from .peer import peer_at_macs, peer_meta
 from .report import model_label
 from .steps import (
+    calibration_images,
     data_record,
     environment,
     evaluate_on,
@@ -62,9 +63,9 @@ class GoalsStudy(Study):
             lambda: self._scan(dense, splits, scan_path),
             {
                 "dense": self.dense_digest,
-                "scan": g["scan"],
+                "scan": {"ratios": g["scan"]["ratios"]},
                 "imp": g["importance"],
-                "calibrate": g["calibrate"],
+                "calibrate": g["scan"]["calibrate"],
             },
         )
         scan = json.loads(scan_path.read_text())
@@ -151,7 +152,7 @@ class GoalsStudy(Study):
             importance=g["importance"],
             normalize=norm(model),
             progress=self.progress,
-            calibrate=calibration_images(splits, g["calibrate"], self.rec["seed"]),
+            calibrate=calibration_images(splits, g["scan"]["calibrate"], self.rec["seed"]),
         )
         res["images"] = len(y)
         write_json(path, res)
@@ -272,16 +273,6 @@ class GoalsStudy(Study):
             {"model": str(src), "mtime": src.stat().st_mtime_ns},
         )
         return json.loads(path.read_text())["accuracy"]
-
-
-def calibration_images(splits: Any, n: int, seed: int) -> torch.Tensor | None:
-    """`n` training images, drawn with the recipe's seed, for re-estimating BatchNorm
-    statistics of each scan probe (None: off)."""
-    if n == 0:
-        return None
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(splits.train_x), generator=g)[:n]
-    return splits.train_x[idx]
 
 
 def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:

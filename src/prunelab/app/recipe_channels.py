@@ -24,7 +24,8 @@ METHODS = ("fine", "uniform", "guided")
 IMPORTANCES = ("l2", "l1", "lab", "bn")
 # the beyond comparison's SGD fine-tuning, with the quick study's smoothing, bf16 and budget
 FINETUNE_DEFAULTS = {**COMPARE_FINETUNE, "label_smoothing": 0.1, "epochs": 2, "bf16": True}
-SCAN_DEFAULTS = {"ratios": [0.25, 0.5, 0.75]}
+# calibrate: training images each probe's BatchNorm statistics are re-estimated on (0: off)
+SCAN_DEFAULTS = {"ratios": [0.25, 0.5, 0.75], "calibrate": 1024}
 LATENCY_DEFAULTS = {"batch_sizes": [1, 64], "threads": None, "reps": 30}
 CHANNELS_FIELDS = {
     "ratios": ANY,
@@ -35,7 +36,7 @@ CHANNELS_FIELDS = {
     "finetune": ANY,
     "latency": ANY,
 }
-SCAN_FIELDS = {"ratios": ANY}
+SCAN_FIELDS = {"ratios": ANY, "calibrate": integer(0)}
 LATENCY_FIELDS = {
     "batch_sizes": Field(
         lambda v: isinstance(v, list) and v and all(isinstance(b, int) and b >= 1 for b in v),

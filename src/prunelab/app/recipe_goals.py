@@ -42,7 +42,6 @@ GOALS_FIELDS = {
     "finetune": ANY,
     "reps": integer(1),
     "threads": integer(1),
-    "calibrate": integer(0),
 }
 
 
@@ -105,7 +104,6 @@ def parse_goals(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str
         "finetune": cfg,
         "reps": raw.get("reps", 30),
         "threads": raw.get("threads"),
-        "calibrate": raw.get("calibrate", 1024),
     }
 
 

@@ -132,6 +132,16 @@ def recipe_splits(rec: dict[str, Any], data_dir: Any, cache: Any = None) -> Spli
     )
 
 
+def calibration_images(splits: Splits, n: int, seed: int) -> torch.Tensor | None:
+    """`n` training images drawn with `seed`, for re-estimating the BatchNorm statistics of
+    channel-scan probes (prunelab.channels.scan.recalibrate_bn); None when n is 0."""
+    if not n:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(splits.train_x), generator=g)[:n]
+    return splits.train_x[idx]
+
+
 def data_record(splits: Splits) -> dict[str, Any]:
     """Where a run's images came from and how many went where (for results.json)."""
     return {
