@@ -22,6 +22,9 @@ def test_shipped_channels_recipe_and_defaults(tmp_path):
     assert rec["channels"]["finetune"].keep_best is False  # the same budget for every method
     ch = _load(tmp_path, "[channels]\n")["channels"]
     assert ch["ratios"] == [0.3, 0.5] and ch["latency"]["batch_sizes"] == [1, 64]
+    assert ch["scan"]["calibrate"] == 1024  # adaptive BN in the scan unless turned off
+    off = _load(tmp_path, "[channels.scan]\ncalibrate = 0\n")["channels"]["scan"]
+    assert off == {"ratios": [0.25, 0.5, 0.75], "calibrate": 0}
 
 
 @pytest.mark.parametrize(
@@ -33,6 +36,7 @@ def test_shipped_channels_recipe_and_defaults(tmp_path):
         ("[channels]\nimportance = 'random'\n", "channels.importance"),
         ("[channels.latency]\nbatch_sizes = [0]\n", "channels.latency.batch_sizes"),
         ("[channels.scan]\nratio = [0.5]\n", "channels.scan.ratio"),
+        ("[channels.scan]\ncalibrate = -1\n", "channels.scan.calibrate"),
         ("[channels]\n[prune]\nsparsities = [0.5]\n", "not used by a [channels] recipe"),
         ("[data]\nval_size = 0\n[channels]\n", "data.val_size"),
     ],

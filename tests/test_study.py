@@ -115,3 +115,17 @@ def test_rerun_skips_finished_steps(study):
     assert again["timings_seconds"] == {}  # no step ran
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pth")} == before
     assert again["models"] == results["models"]
+
+
+def test_latency_of_dense_and_pruned_models_is_in_the_report(study):
+    _, out, results, _, _ = study
+    lat = results["latency"]
+    assert lat["baseline"] == "dense"
+    assert {(r["model"], r["batch_size"]) for r in lat["rows"]} == {
+        (m, b) for m in ("dense", "s0.50", "s0.70") for b in (1, 64)
+    }
+    assert all(r["median_ms"] > 0 for r in lat["rows"])
+    report = (out / "report.md").read_text()
+    assert "## Latency (measured)" in report
+    row = next(r for r in lat["rows"] if r["model"] == "s0.50" and r["batch_size"] == 64)
+    assert f"| s0.50 | 64 | {row['median_ms']:.2f} |" in report

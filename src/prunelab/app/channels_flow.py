@@ -179,11 +179,6 @@ class ChannelsStudy(Study):
         return results
 
     # ----- steps -----
-    @property
-    def user_spec(self) -> str | None:
-        name = self.model_spec["name"]
-        return name if ":" in name else None
-
     def _scan(self, model: Any, splits: Any, path: Path) -> None:
         ch = self.rec["channels"]
         x, y = scan_images(splits, "val", self.rec["data"].get("scan_subset"), self.rec)

@@ -235,6 +235,7 @@ class GoalsStudy(Study):
                 progress=self.progress,
                 desc=f"finetune {name} s{seed}",
                 cache=self.cache,
+                model=self.user_spec,
             ),
             {"src": str(src), "ft": cfg, "data": self.rec["data"]},
         )

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..fileio import atomic_path, write_text  # noqa: E402
+from ..latency_report import format_latency_table  # noqa: E402
 
 # The seed study's published numbers (pretrained VGG, official CIFAR-10 test set).
 PUBLISHED = {
@@ -216,6 +217,17 @@ def write_report(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
             "",
             "![parameters per layer](figures/layer_params.png)",
             "",
+        ]
+    if r.get("latency"):
+        lines += [
+            "## Latency (measured)",
+            "",
+            "The dense and the pruned models (before fine-tuning; fine-tuning changes weights, "
+            "not shapes) timed in one interleaved run. Fine-grained masks leave every channel "
+            "in place, so the same dense kernels run: expect no speed-up here (channel pruning, "
+            "`prunelab prune --channels`, is what makes a model faster).",
+            "",
+            format_latency_table(r["latency"]),
         ]
     lines += [
         "## Confusion matrices",

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..data import subset
 from ..errors import PrunelabError
 from ..fileio import write_json
+from ..latency import measure_latency
 from ..models import load_model, save_checkpoint
 from ..pruning import sparsity_report
 from ..safeload import load_tensors
@@ -110,6 +111,12 @@ class Study:
     def model_spec(self) -> dict[str, Any]:
         return self.rec["model"]
 
+    @property
+    def user_spec(self) -> str | None:
+        """The recipe's module:factory, which checkpoints of a user's model are loaded with."""
+        name = self.model_spec["name"]
+        return name if ":" in name else None
+
     def run(self) -> dict[str, Any]:
         rec, out = self.rec, self.out
         t0 = time.perf_counter()
@@ -129,6 +136,7 @@ class Study:
             sens = json.loads(sens_json.read_text())
         scope = rec["prune"]["scope"]
         ft_rows, ft_runs, histories, confusions = [], [], {}, [("dense", rows[0]["cm"])]
+        pruned: dict[str, tuple[Path, str]] = {}
         for s in rec["prune"]["sparsities"]:
             p_path = out / "pruned" / f"{tag(s)}.pth"
             p_digest = self.step(
@@ -137,6 +145,7 @@ class Study:
                 lambda s=s, p=p_path: self._prune(dense_path, s, p),
                 {"dense": self.dense_digest, "sparsity": s, "scope": scope},
             )
+            pruned[tag(s)] = (p_path, p_digest)
             model, ck = self.load(p_path)
             row = self._evaluated(tag(s), model, splits, s)
             rows.append(row)
@@ -174,6 +183,7 @@ class Study:
                 if run["name"] == "sgd":
                     confusions.append((f"{name}", frow["cm"]))
             ft_rows.append({"target": s, "before": row["accuracy"], "after": after})
+        latency = self._pruned_latency(dense_path, pruned)
         figs = out / "figures"
         plot_confusion_grid(confusions, splits.classes, figs / "confusion.png")
         if histories:
@@ -201,6 +211,7 @@ class Study:
             "finetune_optimizers": [r["name"] for r in rec["finetune"]],
             "finetune_runs": ft_runs,
             "sensitivity": _sens_summary(sens),
+            "latency": latency,
             "published": {
                 "dense": PUBLISHED["dense"],
                 "pruned": {str(k): v for k, v in PUBLISHED["pruned"].items()},
@@ -302,6 +313,28 @@ class Study:
             cache=self.cache,
             model=spec if ":" in spec else None,
         )
+
+    def _pruned_latency(
+        self, dense_path: Path, pruned: dict[str, tuple[Path, str]]
+    ) -> dict[str, Any]:
+        """Dense and every pruned model timed interleaved in one run (eager fp32, batch 1 and
+        64): what fine-grained masks do to speed, measured rather than said."""
+        path = self.out / "latency.json"
+        settings = {"dense": self.dense_digest, "pruned": {k: d for k, (_, d) in pruned.items()}}
+        self.step(
+            "latency (interleaved, eager fp32)",
+            path,
+            lambda: write_json(
+                path,
+                measure_latency(
+                    {"dense": self.load(dense_path)[0]}
+                    | {k: self.load(p)[0] for k, (p, _) in pruned.items()},
+                    batch_sizes=(1, 64),
+                ),
+            ),
+            settings,
+        )
+        return json.loads(path.read_text())
 
     def _evaluated(self, name: str, model: Any, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json."""
