@@ -319,8 +319,9 @@ def label(name: str) -> str:
     if name in LABELS:
         return LABELS[name]
     kind, b = name.split("-b")
-    who = "prunelab guided" if kind == "guided" else "Torch-Pruning uniform"
-    return f"{who} (batch-{b} plan)"
+    if kind == "guided":
+        return f"prunelab guided (batch-{b} latency plan)"
+    return f"Torch-Pruning uniform (MACs of the batch-{b} plan)"
 
 
 def plot_goals(r: dict[str, Any], path: Path) -> None:
@@ -341,11 +342,31 @@ def plot_goals(r: dict[str, Any], path: Path) -> None:
                 linestyle="none",
                 label=label(x["name"]),
             )
+        goal = next(t for t in r["goals"]["targets"] if t["batch_size"] == b)
+        ref = next((x for x in r["rows"] if x["name"] == "control"), r["rows"][0])
+        ax.axvline(
+            r["rows"][0][f"latency_ms_b{b}"] / goal["speedup"],
+            color="grey",
+            ls="--",
+            lw=0.8,
+            label=f"goal: {goal['speedup']}x faster than dense",
+        )
+        ax.axhline(
+            100 * ref["accuracy_mean"] - goal["max_drop"],
+            color="grey",
+            ls=":",
+            lw=0.8,
+            label=f"goal: within {goal['max_drop']} points of the {ref['name']}",
+        )
         ax.set_xlabel(f"median latency, batch {b} (ms, eager fp32)")
         ax.set_ylabel("test accuracy after fine-tuning (%, mean of seeds)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{model_label(r['dense'])}: speed-up goals", fontsize=10)
+        ax.legend(fontsize=6)
+    fig.suptitle(
+        f"{model_label(r['dense'])}: speed-up goals (goal met: left of the dashed line, above "
+        "the dotted one)",
+        fontsize=10,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
