@@ -191,7 +191,8 @@ def _random_input(
     return torch.rand((batch, *shape), generator=g).to(device)
 
 
-def _shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+def checked_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """`input_shape`, else the model's recorded one; positive integers or one clear error."""
     shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
     if not shape or not all(
         isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
@@ -279,7 +280,7 @@ def measure_latency(
     names = check_names(models, "models")
     sizes = check_settings(batch_sizes, threads, warmup, reps, min_seconds)
     dev = resolve_device(device)
-    shapes = {n: _shape(models[n], input_shape) for n in names}
+    shapes = {n: checked_input_shape(models[n], input_shape) for n in names}
     with torch_threads(threads) as used:
         work = {
             n: prepare(f"model {n!r}", models[n], shapes[n], dev, fold_bn, channels_last, bf16)
@@ -334,7 +335,7 @@ def layer_latency(
     A module called twice per forward gets the sum; one never called gets 0.0.
     """
     check_settings([batch_size], threads, warmup, reps, 0.0)
-    shape = _shape(model, input_shape)
+    shape = checked_input_shape(model, input_shape)
     dev = torch.device("cpu")
     with torch_threads(threads):
         work = prepare("the model", model, shape, dev, fold_bn, channels_last, False)

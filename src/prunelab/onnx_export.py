@@ -41,6 +41,7 @@ from .latency import (
     build_result,
     check_names,
     check_settings,
+    checked_input_shape,
     cpu_name,
     interleaved_times,
 )
@@ -111,17 +112,6 @@ def _norm_tensors(
 def _device_of(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
-    shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
-    if not shape or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
-    ):
-        raise PrunelabError(
-            f"input_shape must be positive integers such as (3, 32, 32), got {shape}"
-        )
-    return shape
 
 
 @contextlib.contextmanager
@@ -197,7 +187,7 @@ def export_onnx(
         raise PrunelabError(
             f"opset must be an integer >= 7 (or None for the default), got {opset!r}"
         )
-    shape = _input_shape(model, input_shape)
+    shape = checked_input_shape(model, input_shape)
     record = _norm_record(model, normalize, shape)
     norm = _norm_tensors(record, shape)
     g = torch.Generator().manual_seed(0)

@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,11 +27,16 @@ def sparsity(text: str) -> float:
     return v
 
 
-def sparsity_list(text: str) -> list[float]:
+def _list_of(text: str, item: Any, example: str) -> list[Any]:
+    """'a,b,c' -> [item(a), item(b), item(c)]; spaces ignored, empty refused."""
     parts = [p for p in text.replace(" ", "").split(",") if p]
     if not parts:
-        raise argparse.ArgumentTypeError("expected a comma-separated list like 0.4,0.5,0.6")
-    return [sparsity(p) for p in parts]
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list like {example}")
+    return [item(p) for p in parts]
+
+
+def sparsity_list(text: str) -> list[float]:
+    return _list_of(text, sparsity, "0.4,0.5,0.6")
 
 
 def positive(text: str) -> float:
@@ -144,10 +150,7 @@ def mean_std(text: str) -> dict[str, list[float]] | None:
 
 def batch_sizes(text: str) -> list[int]:
     """'1,64' -> [1, 64]; each an integer >= 1."""
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise argparse.ArgumentTypeError("expected a comma-separated list like 1,64")
-    return [at_least_one(p) for p in parts]
+    return _list_of(text, at_least_one, "1,64")
 
 
 def ratio(text: str) -> float:
@@ -159,10 +162,7 @@ def ratio(text: str) -> float:
 
 
 def ratio_list(text: str) -> list[float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise argparse.ArgumentTypeError("expected a comma-separated list like 0.25,0.5")
-    return [ratio(p) for p in parts]
+    return _list_of(text, ratio, "0.25,0.5")
 
 
 def ratio_open(text: str) -> float:

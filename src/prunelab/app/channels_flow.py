@@ -22,25 +22,20 @@ import torch
 from matplotlib.figure import Figure
 
 from ..accounting import count_macs, count_params
-from ..channels import channel_scan, macs_target_plan, prune_channels
+from ..channels import macs_target_plan, prune_channels
 from ..export import export_compressed
 from ..fileio import atomic_path, write_json, write_text
-from ..latency import measure_latency
 from ..latency_report import format_latency_table
 from ..models import save_checkpoint
 from ..pruning import sparsity_report
-from .report import model_label
+from .report import data_and_machine, model_label
 from .steps import (
-    calibration_images,
-    data_record,
-    environment,
     finetune_checkpoint,
     light,
-    norm,
     prune_checkpoint,
     recipe_splits,
 )
-from .study import Study, scan_images, tag
+from .study import Study, tag
 
 LABELS = {
     "dense": "dense",
@@ -67,7 +62,7 @@ class ChannelsStudy(Study):
             self.step(
                 "channel sensitivity scan",
                 scan_path,
-                lambda: self._scan(dense, splits, scan_path),
+                lambda: self.channel_scan_to(dense, splits, scan_path, ch),
                 {"dense": self.dense_digest, "scan": ch["scan"], "imp": ch["importance"]},
             )
             scan = json.loads(scan_path.read_text())
@@ -156,45 +151,21 @@ class ChannelsStudy(Study):
             **latency_columns(latency, "dense"),
         }
         results = {
-            "recipe": {"name": rec["name"], "file": rec["file"], "description": rec["description"]},
+            **self.results_head(dense, dense_ckpt, splits),
             "kind": "channels",
-            "dense": {
-                "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
-                "model": self.model_spec,
-                "width": getattr(dense, "width", None),
-                "accuracy": dense_row["accuracy"],
-                "meta": light(dense_ckpt["meta"]),
-            },
-            "data": data_record(splits),
-            "environment": environment(),
             "channels": json.loads(json.dumps(ch, default=lambda o: o.__dict__)),
             "rows": [dense_summary, *rows],
             "latency": latency,
             "timings_seconds": self.timings,
             "seconds_total": time.perf_counter() - t0,
         }
+        results["dense"]["accuracy"] = dense_row["accuracy"]
         plot_accuracy_vs_latency(results, out / "figures" / "accuracy_vs_latency.png")
         write_json(out / "results.json", results)
         write_text(out / "report.md", channels_report(results))
         return results
 
     # ----- steps -----
-    def _scan(self, model: Any, splits: Any, path: Path) -> None:
-        ch = self.rec["channels"]
-        x, y = scan_images(splits, "val", self.rec["data"].get("scan_subset"), self.rec)
-        res = channel_scan(
-            model,
-            x,
-            y,
-            ratios=ch["scan"]["ratios"],
-            importance=ch["importance"],
-            normalize=norm(model),
-            progress=self.progress,
-            calibrate=calibration_images(splits, ch["scan"]["calibrate"], self.rec["seed"]),
-        )
-        res["images"] = len(y)
-        write_json(path, res)
-
     def _channels(self, dense_path: Path, ratio: float, path: Path) -> None:
         model, ck = self.load(dense_path)
         ch = self.rec["channels"]
@@ -250,25 +221,16 @@ class ChannelsStudy(Study):
 
     def _latency(self, dense_path: Path, models: dict[str, Path]) -> dict[str, Any]:
         """Dense and every fine-tuned model timed interleaved in one run (eager fp32)."""
-        path = self.out / "latency.json"
         lat = self.rec["channels"]["latency"]
         settings = {"models": {k: str(v) for k, v in models.items()}, "latency": lat}
-        self.step(
-            "latency (interleaved, eager fp32)",
-            path,
-            lambda: write_json(
-                path,
-                measure_latency(
-                    {"dense": self.load(dense_path)[0]}
-                    | {k: self.load(v)[0] for k, v in models.items()},
-                    batch_sizes=tuple(lat["batch_sizes"]),
-                    threads=lat["threads"],
-                    reps=lat["reps"],
-                ),
-            ),
+        return self.timed(
+            dense_path,
+            models,
             settings,
+            batch_sizes=tuple(lat["batch_sizes"]),
+            threads=lat["threads"],
+            reps=lat["reps"],
         )
-        return json.loads(path.read_text())
 
 
 def fine_sparsity(dense: Any, dense_params: int, target_params: int) -> float:
@@ -344,9 +306,7 @@ def channels_report(r: dict[str, Any]) -> str:
         "",
         f"- dense model: {r['dense']['source']} ({model_label(r['dense'])}), test accuracy "
         f"{100 * r['dense']['accuracy']:.2f}%",
-        f"- data: {r['data']['source']}; {r['data']['test_images']} test images",
-        f"- environment: {r['environment']['device']}, torch {r['environment']['torch']}, "
-        f"prunelab {r['environment']['prunelab']}",
+        *data_and_machine(r),
         f"- fine-tuning: {r['channels']['finetune']['epochs']} epochs of "
         f"{r['channels']['finetune']['optimizer']} (lr {r['channels']['finetune']['lr']}) for "
         "every method; importance: " + r["channels"]["importance"],

@@ -26,25 +26,20 @@ import torch
 from matplotlib.figure import Figure
 
 from ..accounting import count_macs, count_params
-from ..channels import channel_scan, prune_channels
+from ..channels import prune_channels
 from ..channels.latency_plan import latency_target_plan
 from ..fileio import atomic_path, write_json, write_text
-from ..latency import measure_latency
 from ..latency_report import format_latency_table
-from ..models import save_checkpoint
+from ..models import read_checkpoint, save_checkpoint
 from .peer import peer_at_macs, peer_meta
-from .report import model_label
+from .report import data_and_machine, model_label
 from .steps import (
-    calibration_images,
-    data_record,
-    environment,
     evaluate_on,
     finetune_checkpoint,
     light,
-    norm,
     recipe_splits,
 )
-from .study import Study, scan_images
+from .study import Study
 
 
 class GoalsStudy(Study):
@@ -60,7 +55,7 @@ class GoalsStudy(Study):
         scan_digest = self.step(
             "channel sensitivity scan",
             scan_path,
-            lambda: self._scan(dense, splits, scan_path),
+            lambda: self.channel_scan_to(dense, splits, scan_path, g),
             {
                 "dense": self.dense_digest,
                 "scan": {"ratios": g["scan"]["ratios"]},
@@ -117,16 +112,8 @@ class GoalsStudy(Study):
             src = dense_path if name == "control" else pruned[name]
             rows.append(self._row(name, src, runs[name], splits, latency))
         results = {
-            "recipe": {"name": rec["name"], "file": rec["file"], "description": rec["description"]},
+            **self.results_head(dense, dense_ckpt, splits),
             "kind": "goals",
-            "dense": {
-                "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
-                "model": self.model_spec,
-                "width": getattr(dense, "width", None),
-                "meta": light(dense_ckpt["meta"]),
-            },
-            "data": data_record(splits),
-            "environment": environment(),
             "goals": json.loads(json.dumps(g, default=lambda o: o.__dict__)),
             "plans": plans,
             "rows": rows,
@@ -141,22 +128,6 @@ class GoalsStudy(Study):
         return results
 
     # ----- steps -----
-    def _scan(self, model: Any, splits: Any, path: Path) -> None:
-        g = self.rec["goals"]
-        x, y = scan_images(splits, "val", self.rec["data"].get("scan_subset"), self.rec)
-        res = channel_scan(
-            model,
-            x,
-            y,
-            ratios=g["scan"]["ratios"],
-            importance=g["importance"],
-            normalize=norm(model),
-            progress=self.progress,
-            calibrate=calibration_images(splits, g["scan"]["calibrate"], self.rec["seed"]),
-        )
-        res["images"] = len(y)
-        write_json(path, res)
-
     def _plan(self, dense: Any, scan: Any, t: dict[str, Any]) -> dict[str, Any]:
         g = self.rec["goals"]
         return latency_target_plan(
@@ -192,7 +163,6 @@ class GoalsStudy(Study):
     def _latency(self, dense_path: Path, models: dict[str, Path]) -> dict[str, Any]:
         """Dense and every pruned model timed interleaved in one run (eager fp32)."""
         g = self.rec["goals"]
-        path = self.out / "latency.json"
         sizes = sorted({t["batch_size"] for t in g["targets"]})
         settings = {
             "models": {k: str(v) for k, v in models.items()},
@@ -200,22 +170,9 @@ class GoalsStudy(Study):
             "reps": g["reps"],
             "threads": g["threads"],
         }
-        self.step(
-            "latency (interleaved, eager fp32)",
-            path,
-            lambda: write_json(
-                path,
-                measure_latency(
-                    {"dense": self.load(dense_path)[0]}
-                    | {k: self.load(v)[0] for k, v in models.items()},
-                    batch_sizes=sizes,
-                    threads=g["threads"],
-                    reps=g["reps"],
-                ),
-            ),
-            settings,
+        return self.timed(
+            dense_path, models, settings, batch_sizes=sizes, threads=g["threads"], reps=g["reps"]
         )
-        return json.loads(path.read_text())
 
     def _finetune_seed(self, name: str, src: Path, seed: int, splits: Any) -> Path:
         cfg = copy.deepcopy(self.rec["goals"]["finetune"])
@@ -229,7 +186,7 @@ class GoalsStudy(Study):
                 out,
                 splits,
                 cfg,
-                target=0.0 if name == "control" else None,
+                dense=name == "control",
                 resume=self.interrupted(out),
                 device=self.device,
                 progress=self.progress,
@@ -250,8 +207,8 @@ class GoalsStudy(Study):
             "params": count_params(model),
             "macs": count_macs(model)["total"],
             "accuracy_before": self._accuracy(name + "-before", src, splits),
-            "accuracy_after": {
-                s: self.load(p)[1]["meta"]["test_accuracy"] for s, p in runs.items()
+            "accuracy_after": {  # recorded by finetune_checkpoint: no model to rebuild
+                s: read_checkpoint(p, self.cache)["meta"]["test_accuracy"] for s, p in runs.items()
             },
         }
         after = list(row["accuracy_after"].values())
@@ -384,9 +341,7 @@ def goals_report(r: dict[str, Any]) -> str:
         r["recipe"].get("description", ""),
         "",
         f"- dense model: {r['dense']['source']} ({model_label(r['dense'])})",
-        f"- data: {r['data']['source']}; {r['data']['test_images']} test images",
-        f"- environment: {r['environment']['device']}, torch {r['environment']['torch']}, "
-        f"prunelab {r['environment']['prunelab']}",
+        *data_and_machine(r),
         f"- fine-tuning for every model, the control included: {ft['epochs']} epochs of "
         f"{ft['optimizer']} (lr {ft['lr']}, {ft['schedule']}), seeds {g['seeds']}",
         "- latency: every model timed in one interleaved run before fine-tuning (shapes, not "

@@ -159,6 +159,15 @@ def finetune_table(rows: list[dict[str, Any]], optimizers: list[str], dense_acc:
     return "\n".join(out)
 
 
+def data_and_machine(r: dict[str, Any]) -> list[str]:
+    """The data and environment lines of the channels and goals reports."""
+    env = r["environment"]
+    return [
+        f"- data: {r['data']['source']}; {r['data']['test_images']} test images",
+        f"- environment: {env['device']}, torch {env['torch']}, prunelab {env['prunelab']}",
+    ]
+
+
 def write_report(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
     """report.md from results.json's numbers (so the two can never disagree)."""
     run_dir = Path(run_dir)

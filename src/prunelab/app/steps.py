@@ -432,10 +432,12 @@ def finetune_checkpoint(
     progress: bool = True,
     desc: str = "finetune",
     meta: dict[str, Any] | None = None,
+    dense: bool = False,
     **load: Any,
 ) -> tuple[nn.Module, Any, FitResult, dict[str, float]]:
     """Load `src`, fine-tune it with its masks fixed (or prune it gradually towards `target`
     when `gradual` holds the schedule's options), save `out` and clear the resume state.
+    dense=True fine-tunes an unpruned checkpoint as it is (a control trained as long).
 
     `splits` may be a function that loads them: it is called only once the checkpoint and
     its masks have been checked, so a bad checkpoint is refused before any data is read."""
@@ -461,8 +463,8 @@ def finetune_checkpoint(
         pruner = Pruner.from_masks(model, masks)
     elif target is not None:
         pruner = prune(model, target, scope=scope)
-    elif (ck.get("arch") or {}).get("channels"):
-        pruner = None  # channel-pruned: the removed channels are gone, nothing to hold at zero
+    elif dense or (ck.get("arch") or {}).get("channels"):
+        pruner = None  # channel-pruned (the removed channels are gone) or a dense control
     else:
         raise PrunelabError(
             f"{src} holds no masks and no removed channels: prune it first or give --sparsity"

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..channels import channel_scan
 from ..data import subset
 from ..errors import PrunelabError
 from ..fileio import write_json
@@ -26,11 +27,13 @@ from .recipes import step_tag
 from .report import PUBLISHED, model_label, plot_confusion_grid, plot_curves, write_report
 from .steps import (
     Splits,
+    calibration_images,
     data_record,
     environment,
     evaluate_on,
     finetune_checkpoint,
     light,
+    norm,
     prune_checkpoint,
     recipe_splits,
     scan_to_folder,
@@ -196,15 +199,7 @@ class Study:
             title=f"non-zero weights at {rec['prune']['sparsities'][-1]:.2f}",
         )
         results = {
-            "recipe": {"name": rec["name"], "file": rec["file"], "description": rec["description"]},
-            "dense": {
-                "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
-                "model": self.model_spec,
-                "width": getattr(dense, "width", None),
-                "meta": light(dense_ckpt["meta"]),
-            },
-            "data": data_record(splits),
-            "environment": environment(),
+            **self.results_head(dense, dense_ckpt, splits),
             "scope": scope,
             "models": [{k: v for k, v in r.items() if k != "cm"} for r in rows],
             "finetune": ft_rows,
@@ -317,10 +312,18 @@ class Study:
     def _pruned_latency(
         self, dense_path: Path, pruned: dict[str, tuple[Path, str]]
     ) -> dict[str, Any]:
-        """Dense and every pruned model timed interleaved in one run (eager fp32, batch 1 and
-        64): what fine-grained masks do to speed, measured rather than said."""
-        path = self.out / "latency.json"
+        """Dense and every pruned model timed (batch 1 and 64): what fine-grained masks do to
+        speed, measured rather than said."""
         settings = {"dense": self.dense_digest, "pruned": {k: d for k, (_, d) in pruned.items()}}
+        models = {k: p for k, (p, _) in pruned.items()}
+        return self.timed(dense_path, models, settings, batch_sizes=(1, 64))
+
+    def timed(
+        self, dense_path: Path, models: dict[str, Path], settings: dict[str, Any], **kw: Any
+    ) -> dict[str, Any]:
+        """The step writing latency.json: the dense model and `models` (checkpoints this run
+        wrote) timed interleaved in one run by prunelab.latency.measure_latency(**kw)."""
+        path = self.out / "latency.json"
         self.step(
             "latency (interleaved, eager fp32)",
             path,
@@ -328,13 +331,45 @@ class Study:
                 path,
                 measure_latency(
                     {"dense": self.load(dense_path)[0]}
-                    | {k: self.load(p)[0] for k, (p, _) in pruned.items()},
-                    batch_sizes=(1, 64),
+                    | {k: self.load(v)[0] for k, v in models.items()},
+                    **kw,
                 ),
             ),
             settings,
         )
         return json.loads(path.read_text())
+
+    def results_head(self, dense: Any, dense_ckpt: dict[str, Any], splits: Splits) -> dict:
+        """What every results.json starts with: the recipe, the dense model, data, machine."""
+        rec = self.rec
+        return {
+            "recipe": {"name": rec["name"], "file": rec["file"], "description": rec["description"]},
+            "dense": {
+                "source": dense_ckpt["meta"].get("source", "trained by prunelab"),
+                "model": self.model_spec,
+                "width": getattr(dense, "width", None),
+                "meta": light(dense_ckpt["meta"]),
+            },
+            "data": data_record(splits),
+            "environment": environment(),
+        }
+
+    def channel_scan_to(self, model: Any, splits: Splits, path: Path, cfg: dict) -> None:
+        """The channel scan of a [channels] or [goals] table (cfg: its "scan" and
+        "importance") on the validation split, BatchNorm re-estimated per probe, to `path`."""
+        x, y = scan_images(splits, "val", self.rec["data"].get("scan_subset"), self.rec)
+        res = channel_scan(
+            model,
+            x,
+            y,
+            ratios=cfg["scan"]["ratios"],
+            importance=cfg["importance"],
+            normalize=norm(model),
+            progress=self.progress,
+            calibrate=calibration_images(splits, cfg["scan"]["calibrate"], self.rec["seed"]),
+        )
+        res["images"] = len(y)
+        write_json(path, res)
 
     def _evaluated(self, name: str, model: Any, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json."""
