@@ -20,7 +20,7 @@ from prunelab.channels import (
 from prunelab.errors import PlanError, PrunelabError
 from prunelab.models import VGG, build_model, make_arch
 
-IMPORTANCES = ["l2", "l1", "lab", "bn"]
+IMPORTANCES = ["l2", "l1", "lab", "bn", "group"]
 
 
 def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -205,6 +205,9 @@ def test_importances_follow_their_definitions():
     nxt = conv1.weight.detach().double()
     assert torch.allclose(imp["lab"], torch.stack([nxt[:, c].norm() for c in range(8)]))
     assert torch.allclose(imp["bn"], bn0.weight.detach().double().abs())
+    sq = w.flatten(1).pow(2).sum(1) + bn0.weight.detach().double() ** 2
+    sq += torch.stack([nxt[:, c].pow(2).sum() for c in range(8)])
+    assert torch.allclose(imp["group"], sq)  # filter, BN scale and next layer's input slice
 
 
 def test_importance_sums_over_the_group():

@@ -21,7 +21,7 @@ from .recipe_schema import (
 )
 
 METHODS = ("fine", "uniform", "guided")
-IMPORTANCES = ("l2", "l1", "lab", "bn")
+IMPORTANCES = ("l2", "l1", "lab", "bn", "group")
 # the beyond comparison's SGD fine-tuning, with the quick study's smoothing, bf16 and budget
 FINETUNE_DEFAULTS = {**COMPARE_FINETUNE, "label_smoothing": 0.1, "epochs": 2, "bf16": True}
 # calibrate: training images each probe's BatchNorm statistics are re-estimated on (0: off)

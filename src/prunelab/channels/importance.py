@@ -6,6 +6,10 @@ importance classes are not used, so the rules below are the whole story).
 - "lab": the rule of MIT 6.5940 Lab 1: the Frobenius norm of the NEXT layer's input-channel
   slice (weight[:, c]), summed over every consumer when there are several.
 - "bn": network slimming (Liu et al. 2017): BatchNorm |gamma|, summed over the group's BNs.
+- "group": the whole group's squared magnitude (DepGraph, Fang et al. CVPR 2023): the sum of
+  w^2 over every slice the channel owns, output filters, BatchNorm scales and the consumers'
+  input slices alike. A channel whose filter is small but whose output the next layer
+  weighs heavily is kept, which "l2" (filters only) misses.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from ..errors import PlanError
 from .graph import ChannelGroup, Slot
 
-IMPORTANCES = ("l2", "l1", "lab", "bn")
+IMPORTANCES = ("l2", "l1", "lab", "bn", "group")
 
 
 def check_importance(importance: object) -> str:
@@ -37,7 +41,7 @@ def _per_root(slot: Slot, values: torch.Tensor, channels: int) -> torch.Tensor:
 def _slice_sums(slot: Slot, tensor: torch.Tensor, dim: int, p: int) -> torch.Tensor:
     """Per local channel: the sum of |w| (p=1) or of w^2 (p=2) over the slice at that index."""
     idx = torch.tensor(slot.local, dtype=torch.long, device=tensor.device)
-    t = tensor.detach().index_select(dim, idx).movedim(dim, 0).flatten(1).double()
+    t = tensor.detach().index_select(dim, idx).movedim(dim, 0).reshape(len(idx), -1).double()
     return t.abs().sum(1) if p == 1 else t.pow(2).sum(1)
 
 
@@ -63,6 +67,12 @@ def group_importance(group: ChannelGroup, importance: str = "l2") -> torch.Tenso
             w, dim = slot.params()[0]
             total += _per_root(slot, _slice_sums(slot, w, dim, 2), c).sqrt()
             found = True
+        elif importance == "group" and slot.kind in ("out", "dw", "in", "bn"):
+            w = slot.module.weight if slot.kind == "bn" else slot.params()[0][0]
+            if w is not None:  # weights only: biases and running statistics are not magnitude
+                dim = 0 if slot.kind == "bn" else slot.params()[0][1]
+                total += _per_root(slot, _slice_sums(slot, w, dim, 2), c)
+                found = True
         elif importance == "bn" and slot.kind == "bn":
             gamma = getattr(slot.module, "weight", None)
             if gamma is not None:
