@@ -178,9 +178,44 @@ def test_greedy_with_any_cost_function():
     assert plan == {"a": 0.3, "b": 0.5}
 
 
+def test_greedy_starts_from_start_and_stops_at_caps():
+    groups = {"a": 10, "b": 10}
+
+    def cost(plan: dict) -> float:
+        return 100 - sum(10 * (c - kept_channels(c, plan.get(g, 0))) for g, c in groups.items())
+
+    def drop(g: str, r: float) -> float:
+        return r * (10.0 if g == "a" else 1.0)
+
+    plan = greedy_plan(
+        groups, drop, cost, 40, 0.8, 0.1, start={"a": 0.25, "b": 0.2}, caps={"b": 0.3}
+    )
+    assert plan == {"a": 0.3, "b": 0.3}  # a starts at 0.2 (rounded down); b may not pass 0.3
+
+
+@pytest.mark.parametrize("band", [0.0, 0.1])
+def test_band_keeps_every_group_near_the_uniform_ratio(band):
+    m = vgg()
+    dense = count_macs(m)["total"]
+    free = macs_target_plan(m, synthetic_scan(m, "backbone.conv4"), 0.5, max_ratio=0.75)
+    res = macs_target_plan(m, synthetic_scan(m, "backbone.conv4"), 0.5, max_ratio=0.75, band=band)
+    u = res["band"]["uniform_ratio"]
+    assert res["band"]["width"] == band and res["macs"] <= 0.5 * dense
+    assert all(u - band - 0.05 < r < u + band + 0.05 for r in res["plan"].values())
+    assert free["plan"]["backbone.conv4"] == 0.0  # without a band the scan spares it wholly
+    if band:  # the scan still tilts the plan inside the band
+        assert res["plan"]["backbone.conv4"] == min(res["plan"].values()) > 0
+    else:  # a uniform plan, but for one grid step
+        assert max(res["plan"].values()) - min(res["plan"].values()) <= 0.05 + 1e-9
+    assert MacsCost(m)({n: u for n in res["plan"]}) <= 0.5 * dense  # u reaches the target
+    assert MacsCost(m)({n: u / 2 for n in res["plan"]}) > 0.5 * dense
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
+        ({"macs_fraction": 0.5, "band": 1.5}, r"band must be a number in \[0, 1\)"),
+        ({"macs_fraction": 0.01, "band": 0.1}, r"cannot be reached even with every group"),
         ({"macs_fraction": 0.01}, r"cannot be reached with max_ratio 0.8"),
         ({"macs_fraction": 0}, r"macs_fraction must be a number in \(0, 1\]"),
         ({"macs_fraction": 0.5, "step": 0}, r"step must be a number in \(0, 1\)"),

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from prunelab.app.cli import main
+from prunelab.errors import PrunelabError
 from prunelab.models import build_model, load_model, save_checkpoint
 
 
@@ -78,6 +79,54 @@ def test_channel_pruned_checkpoint_fine_tunes_without_masks(d, jpeg_root, cifar_
     assert "channel-pruned model" in capsys.readouterr().out
     model, ck = load_model(out)
     assert "masks" not in ck and ck["arch"]["channels"] == load_model(slim)[1]["arch"]["channels"]
+
+
+def test_finetune_distils_from_the_dense_model(d, jpeg_root, cifar_cache):
+    slim, out = d / "rn-kd-src.pth", d / "rn-kd.pth"
+    assert main(["prune", str(d / "rn.pth"), "--channels", "0.5", "--out", str(slim)]) == 0
+    argv = ["finetune", str(slim), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache),
+            "--train-subset", "128", "--test-subset", "64", "--val-size", "0", "--epochs", "1",
+            "--batch-size", "64", "--no-progress", "--distill", str(d / "rn.pth"),
+            "--distill-weight", "0.7", "--temperature", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    meta = load_model(out)[1]["meta"]
+    assert meta["teacher"] == str(d / "rn.pth")
+    assert meta["config"]["distill"] == 0.7 and meta["config"]["temperature"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--distill-weight", "2"], "weight '2' is outside [0, 1]"),
+        (["--temperature", "0"], "--temperature"),
+        (["--distill", "missing.pth"], "missing.pth"),
+    ],
+)
+def test_bad_distillation_flags_are_one_line(d, capsys, extra, needle):
+    out = d / "never-kd.pth"
+    try:
+        code = main(["finetune", str(d / "rn.pth"), *extra, "--out", str(out)])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_teacher_with_other_inputs_is_refused(d, tmp_path):
+    from prunelab.app.steps import finetune_checkpoint
+    from prunelab.train import TrainConfig
+
+    torch.manual_seed(0)
+    other = build_model("resnet20", {"width": 0.5})
+    other.prunelab_arch = {**other.prunelab_arch, "normalize": {"mean": [0.5] * 3,
+                                                                "std": [0.25] * 3}}  # fmt: skip
+    save_checkpoint(tmp_path / "other.pth", other)
+    with pytest.raises(PrunelabError, match="normalises its inputs"):
+        finetune_checkpoint(d / "rn.pth", tmp_path / "o.pth", lambda: None,
+                            TrainConfig(distill=0.5), dense=True,
+                            teacher=tmp_path / "other.pth")  # fmt: skip
+    assert not (tmp_path / "o.pth").exists()
 
 
 def test_cli_importance_choices_are_the_library_ones():

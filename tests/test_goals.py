@@ -166,6 +166,8 @@ targets = [
 ]
 seeds = [0, 1]
 reps = 3
+band = 0.2
+importance = "group"
 
 [goals.scan]
 ratios = [0.5]
@@ -174,6 +176,7 @@ ratios = [0.5]
 epochs = 1
 batch_size = 128
 bf16 = false
+distill = 0.5
 """
 
 
@@ -239,6 +242,19 @@ def test_goals_models_reload_without_flags(goals_run):
     for name in ("guided-b1-seed1", "peer-b8-seed0"):
         model, ck = load_model(run / "finetune" / f"{name}.pth")
         assert ck["arch"]["channels"] and "masks" not in ck
+
+
+def test_pruned_models_distil_from_dense_and_the_control_learns_from_labels(goals_run):
+    run, res = goals_run
+    for name in ("guided-b1-seed0", "peer-b8-seed1"):
+        meta = load_model(run / "finetune" / f"{name}.pth")[1]["meta"]
+        assert meta["config"]["distill"] == 0.5 and meta["teacher"].endswith("dense/model.pth")
+    control = load_model(run / "finetune" / "control-seed0.pth")[1]["meta"]
+    assert control["config"]["distill"] == 0.0 and "teacher" not in control
+    for b in (1, 8):  # the plans kept every group near the uniform ratio
+        plan = res["plans"][f"guided-b{b}"]
+        u = plan["band"]["uniform_ratio"]
+        assert all(u - 0.25 < r < u + 0.25 for r in plan["plan"].values())
 
 
 def test_recalibrate_bn_sets_running_stats_to_the_calibration_images():

@@ -11,6 +11,7 @@ state zeroed at pruned positions) after every optimizer step.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -32,11 +33,13 @@ from .evaluation import (
     Normalize,
     autocast,
     evaluate,
+    example_batch,
     normalizer,
     predict,
     resolve_device,
     to_input,
 )
+from .fold import fold_batchnorm
 from .train_state import load_state, run_settings, save_state
 
 _save_state, _load_state, _to_input = save_state, load_state, to_input  # older names
@@ -80,6 +83,8 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     keep_best: bool = False  # restore the epoch with the best validation accuracy
+    distill: float = 0.0  # weight of the teacher's soft targets in the loss (fit's teacher)
+    temperature: float = 4.0  # softening of both logits for the distillation term
 
     def validate(self) -> None:
         """Refuse impossible settings before any work starts."""
@@ -101,6 +106,8 @@ class TrainConfig:
                 _num(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                 "in [0, 1)",
             ),
+            ("distill", _num(self.distill) and 0 <= self.distill <= 1, "in [0, 1]"),
+            ("temperature", _num(self.temperature) and self.temperature > 0, "a number > 0"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -109,6 +116,31 @@ class TrainConfig:
 
 def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch; the T^2
+    keeps its gradients on the scale of the cross-entropy's as T changes (Hinton et al.)."""
+    return F.kl_div(
+        F.log_softmax(student / t, 1),
+        F.log_softmax(teacher / t, 1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+
+
+def _frozen_teacher(
+    teacher: nn.Module, device: torch.device, channels_last: bool, example: torch.Tensor
+) -> nn.Module:
+    """The teacher on `device`, in eval mode (its BatchNorm statistics stay as trained) and
+    without gradients; a copy with BatchNorm folded into its convs (prunelab.fold: the same
+    function, a forward per step that costs less), so the caller's model is left as it was."""
+    teacher = fold_batchnorm(copy.deepcopy(teacher).to(device).eval(), example=example)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 class _StopFlag:
@@ -197,6 +229,7 @@ def fit(
     step_hook: Callable[[int, int], None] | None = None,
     normalize: Normalize = None,
     run_key: Mapping[str, Any] | None = None,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train `model` in place; checkpoint the full loop state to `state_path` every epoch.
 
@@ -214,8 +247,19 @@ def fit(
     first step (with one warning if that changed weights). `step_hook(step, total_steps)` runs
     after each step (gradual pruning uses it). Under torchrun each rank takes its shard of
     every global batch and DistributedDataParallel averages the gradients.
+
+    `teacher` with cfg.distill > 0: knowledge distillation (Hinton et al. 2015). The loss is
+    (1 - distill) * cross-entropy + distill * T^2 * KL(teacher's softened logits || the
+    model's), T = cfg.temperature; the teacher (frozen, eval mode, same inputs) is typically
+    the dense model a pruned one came from, so the pruned one learns its full output
+    distribution rather than the labels alone.
     """
     cfg.validate()
+    if (teacher is None) != (cfg.distill == 0):
+        raise PrunelabError(
+            "distillation needs both a teacher model and distill > 0 "
+            f"(got distill={cfg.distill}, teacher {'given' if teacher is not None else 'none'})"
+        )
     device = torch.device(device)
     rank, world = _rank_world()
     if world > 1 and device.type == "cuda" and device.index is None:
@@ -243,6 +287,10 @@ def fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        example = example_batch(teacher, train_x[:8], normalize)
+        example = None if example is None else example.to(device)
+        teacher = _frozen_teacher(teacher, device, channels_last, example)
     norm = normalizer(normalize, train_x.shape, device)
     train_x, train_y = train_x.to(device), train_y.to(device)
     top_label = _label_range(train_y)
@@ -300,11 +348,18 @@ def fit(
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, total, cfg.schedule, cfg.warmup)
                 with autocast(device, cfg.bf16):
-                    out = net(to_input(xb, channels_last, norm))
+                    inp = to_input(xb, channels_last, norm)
+                    out = net(inp)
                     if check_width:
                         _check_logits(out, top_label)
                         check_width = False
                     loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            soft = teacher(inp).float()
+                        loss = (1 - cfg.distill) * loss + cfg.distill * distill_loss(
+                            out.float(), soft, cfg.temperature
+                        )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if pruner is not None:

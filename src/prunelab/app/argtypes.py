@@ -27,6 +27,14 @@ def sparsity(text: str) -> float:
     return v
 
 
+def weight(text: str) -> float:
+    """A mixing weight in [0, 1]."""
+    v = _float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"weight {text!r} is outside [0, 1]")
+    return v
+
+
 def _list_of(text: str, item: Any, example: str) -> list[Any]:
     """'a,b,c' -> [item(a), item(b), item(c)]; spaces ignored, empty refused."""
     parts = [p for p in text.replace(" ", "").split(",") if p]

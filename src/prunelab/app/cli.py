@@ -26,10 +26,11 @@ from .argtypes import (
     seed,
     sparsity,
     sparsity_list,
+    weight,
 )
 
 SCOPES = ["conv", "linear", "all"]
-IMPORTANCES = ["l2", "l1", "lab", "bn"]  # prunelab.channels.IMPORTANCES (kept torch-free)
+IMPORTANCES = ["l2", "l1", "lab", "bn", "group"]  # prunelab.channels.IMPORTANCES (kept torch-free)
 SCOPE_HELP = (
     "layers to prune: conv = every Conv1d/2d/3d and ConvTranspose weight (the study); "
     "linear = Linear weights; all = both (default conv)"
@@ -414,6 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="gradual: fraction of all steps spent pruning; then the masks are "
         "frozen (default 0.5)",
     )
+    s.add_argument(
+        "--distill",
+        type=existing_file,
+        default=None,
+        metavar="TEACHER",
+        help="distil from this checkpoint while fine-tuning (usually the dense model the "
+        "pruned one came from): the loss mixes the labels with the teacher's softened outputs",
+    )
+    s.add_argument(
+        "--distill-weight",
+        type=weight,
+        default=0.5,
+        help="--distill: weight of the teacher's term, in [0, 1] (default 0.5)",
+    )
+    s.add_argument(
+        "--temperature",
+        type=positive,
+        default=4.0,
+        help="--distill: temperature softening both outputs (default 4)",
+    )
     s.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
 
     s = _command(sub, "plan", commands.plan, "per-layer sparsities reaching a target, from a scan")
@@ -491,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     _importance_opt(s, "--channel-scan: the importance the scan used (default l2)")
     s.add_argument(
         "--round-to", type=at_least_one, default=None, help="channel counts kept as multiples of N"
+    )
+    s.add_argument(
+        "--band",
+        type=ratio,
+        default=None,
+        help="--channel-scan: keep every layer within this distance of the uniform ratio "
+        "reaching the same target, e.g. 0.1 (the scan then tilts a uniform plan; without "
+        "it, plans far from uniform fine-tuned worse than uniform in our measurements)",
     )
     _scope_opt(s)
     s.add_argument("--out", default="plan.json", help="plan JSON for `prunelab prune --plan`")

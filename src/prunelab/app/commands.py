@@ -324,6 +324,9 @@ def finetune(args: argparse.Namespace) -> int:
     if args.sparsity is not None and args.plan is not None:
         raise PrunelabError("give at most one of --sparsity S or --plan plan.json")
     dev, cfg = device(args), train_config(args, keep_best=True)
+    if args.distill is not None:
+        cfg.distill, cfg.temperature = args.distill_weight, args.temperature
+        cfg.validate()
     target = read_plan(args.plan) if args.plan else args.sparsity
     gradual = None
     if args.prune_schedule == "gradual":
@@ -343,6 +346,7 @@ def finetune(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=dev,
         progress=not args.no_progress,
+        teacher=args.distill,
         **load_args(args),
     )
     out = Path(args.out)
@@ -419,6 +423,7 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
             importance=args.importance,
             round_to=args.round_to,
             threads=args.threads,
+            band=args.band,
         )
         if not result["reached"]:
             print(
@@ -427,7 +432,12 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
             )
     else:
         result = macs_target_plan(
-            model, scan, args.macs, importance=args.importance, round_to=args.round_to
+            model,
+            scan,
+            args.macs,
+            importance=args.importance,
+            round_to=args.round_to,
+            band=args.band,
         )
     write_json(args.out, result)
     target = f"MACs {args.macs}" if args.macs is not None else f"latency {args.latency}"

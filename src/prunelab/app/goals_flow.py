@@ -73,7 +73,7 @@ class GoalsStudy(Study):
                 "scan": scan_digest,
                 "speedup": t["speedup"] * g["margin"],
                 "b": b,
-                **{k: g[k] for k in ("importance", "round_to", "max_ratio", "threads")},
+                **{k: g[k] for k in ("importance", "round_to", "max_ratio", "threads", "band")},
             }
             digest = self.step(
                 f"latency plan batch {b}",
@@ -104,9 +104,13 @@ class GoalsStudy(Study):
         runs: dict[str, dict[int, Path]] = {}
         for i, seed in enumerate(g["seeds"]):
             for name, p_path in pruned.items():
-                runs.setdefault(name, {})[seed] = self._finetune_seed(name, p_path, seed, splits)
+                runs.setdefault(name, {})[seed] = self._finetune_seed(
+                    name, p_path, seed, splits, dense_path
+                )
             if i == 0 and g["control"]:
-                runs["control"] = {seed: self._finetune_seed("control", dense_path, seed, splits)}
+                runs["control"] = {
+                    seed: self._finetune_seed("control", dense_path, seed, splits, None)
+                }
         rows = [self._row("dense", dense_path, {}, splits, latency)]
         for name in runs:
             src = dense_path if name == "control" else pruned[name]
@@ -139,6 +143,7 @@ class GoalsStudy(Study):
             round_to=g["round_to"],
             threads=g["threads"],
             max_ratio=g["max_ratio"],
+            band=g["band"],
         )
 
     def _prune(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
@@ -174,9 +179,15 @@ class GoalsStudy(Study):
             dense_path, models, settings, batch_sizes=sizes, threads=g["threads"], reps=g["reps"]
         )
 
-    def _finetune_seed(self, name: str, src: Path, seed: int, splits: Any) -> Path:
+    def _finetune_seed(
+        self, name: str, src: Path, seed: int, splits: Any, teacher: Path | None
+    ) -> Path:
+        """One model, one seed. With finetune.distill > 0 every pruned model distils from
+        the dense one (teacher); the control is the dense model itself, trained on labels."""
         cfg = copy.deepcopy(self.rec["goals"]["finetune"])
         cfg.seed = seed
+        if teacher is None or not cfg.distill:
+            cfg.distill, teacher = 0.0, None
         out = self.out / "finetune" / f"{name}-seed{seed}.pth"
         self.step(
             f"finetune {name} seed {seed}",
@@ -187,6 +198,7 @@ class GoalsStudy(Study):
                 splits,
                 cfg,
                 dense=name == "control",
+                teacher=teacher,
                 resume=self.interrupted(out),
                 device=self.device,
                 progress=self.progress,

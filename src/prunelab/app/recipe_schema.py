@@ -150,6 +150,8 @@ TRAIN_FIELDS: dict[str, Field] = {
     "seed": SEED,
     "eval_batch_size": integer(0, strict=True),
     "keep_best": BOOL,
+    "distill": number(0, 1, hi_open=False),
+    "temperature": number(0, lo_open=True),
 }
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 

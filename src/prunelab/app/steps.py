@@ -389,10 +389,12 @@ def finetune(
     desc: str = "finetune",
     step_hook: Any = None,
     parent: str | None = None,
+    teacher: nn.Module | None = None,
 ) -> tuple[FitResult, dict[str, float]]:
     """Fine-tune with the masks held fixed (or growing, with a gradual pruner's hook).
 
-    `out`: the checkpoint the caller will write; the resume state lives beside it."""
+    `out`: the checkpoint the caller will write; the resume state lives beside it.
+    `teacher`: distil from it (cfg.distill > 0; see prunelab.train.fit)."""
     if pruner is not None and step_hook is None:
         reapply_masks(model, pruner)  # masks are the truth: edited weights are zeroed (warned)
     before = sparsity_report(model, macs=False)["prunable_sparsity"] if pruner else 0.0
@@ -412,6 +414,7 @@ def finetune(
         step_hook=step_hook,
         normalize=norm(model),
         run_key=run_key(model, splits, parent),
+        teacher=teacher,
     )
     after = sparsity_report(model, macs=False)["prunable_sparsity"] if pruner else 0.0
     if step_hook is None and pruner is not None and after != before:
@@ -433,11 +436,14 @@ def finetune_checkpoint(
     desc: str = "finetune",
     meta: dict[str, Any] | None = None,
     dense: bool = False,
+    teacher: str | os.PathLike | None = None,
     **load: Any,
 ) -> tuple[nn.Module, Any, FitResult, dict[str, float]]:
     """Load `src`, fine-tune it with its masks fixed (or prune it gradually towards `target`
     when `gradual` holds the schedule's options), save `out` and clear the resume state.
     dense=True fine-tunes an unpruned checkpoint as it is (a control trained as long).
+    teacher: a checkpoint (usually the dense parent) to distil from; cfg.distill > 0 says how
+    much. It must take the same inputs (the same normalisation) as the model.
 
     `splits` may be a function that loads them: it is called only once the checkpoint and
     its masks have been checked, so a bad checkpoint is refused before any data is read."""
@@ -469,6 +475,7 @@ def finetune_checkpoint(
         raise PrunelabError(
             f"{src} holds no masks and no removed channels: prune it first or give --sparsity"
         )
+    guide = _teacher(teacher, model, cfg, **load)
     if callable(splits):
         splits = splits()
     res, sp = finetune(
@@ -483,6 +490,7 @@ def finetune_checkpoint(
         desc=desc,
         step_hook=hook,
         parent=str(src),
+        teacher=guide,
     )
     if gradual is not None and not pruner.frozen:
         raise PrunelabError(
@@ -503,6 +511,7 @@ def finetune_checkpoint(
             **sp,
             "sparsity": sparsity_report(model, macs=False)["prunable_sparsity"],
             **({"updates": pruner.updates, "plan": target} if gradual is not None else {}),
+            **({"teacher": str(teacher)} if teacher is not None else {}),
             **(meta or {}),
         }
     )
@@ -510,6 +519,23 @@ def finetune_checkpoint(
         save_checkpoint(out, model, info, masks=None if pruner is None else pruner.masks)
     state_path_for(out).unlink(missing_ok=True)  # every torchrun rank gets here: no race
     return model, pruner, res, {**sp, "test_accuracy": test["accuracy"]}
+
+
+def _teacher(path: Any, student: nn.Module, cfg: TrainConfig, **load: Any) -> nn.Module | None:
+    """The teacher model for distillation, checked against the student; None without one."""
+    if path is None:
+        if cfg.distill:
+            raise PrunelabError("distill > 0 needs a teacher checkpoint to distil from")
+        return None
+    if not cfg.distill:
+        raise PrunelabError(f"a teacher ({path}) was given but distill is 0: set its weight")
+    teacher, _ = load_model(path, **load)
+    if norm(teacher) != norm(student):
+        raise PrunelabError(
+            f"teacher {path} normalises its inputs as {norm(teacher)}, the model as "
+            f"{norm(student)}: distillation feeds both the same inputs, so they must match"
+        )
+    return teacher
 
 
 def scan_to_folder(

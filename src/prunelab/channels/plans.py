@@ -272,6 +272,8 @@ def greedy_plan(
     max_ratio: float = 0.8,
     step: float = 0.05,
     round_to: int | None = None,
+    start: dict[str, float] | None = None,
+    caps: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Raise one group's ratio at a time until cost(plan) <= target.
 
@@ -279,9 +281,12 @@ def greedy_plan(
     removes at least one more channel (and keeps one), and the move taken is the one with the
     smallest predicted accuracy drop per unit of cost saved (ties: the larger saving, then
     module order). Any cost works (MacsCost, TableCost, a function of the plan).
+    start: {group: ratio} the search begins from (rounded down to whole steps; default 0);
+    caps: {group: highest ratio} below max_ratio (default: max_ratio for every group).
     """
-    plan = dict.fromkeys(groups, 0.0)
-    steps = dict.fromkeys(groups, 0)
+    steps = {g: int(math.floor((start or {}).get(g, 0.0) / step + 1e-9)) for g in groups}
+    plan = {g: round(k * step, 10) for g, k in steps.items()}
+    limit = {g: min(max_ratio, (caps or {}).get(g, max_ratio)) for g in groups}
     now = cost(plan)
     while now > target:
         best: tuple[float, float, int, str, int] | None = None
@@ -290,7 +295,7 @@ def greedy_plan(
             while True:
                 k += 1
                 r = round(k * step, 10)
-                if r > max_ratio + 1e-12 or r >= 1 or kept_channels(c, r, round_to) < 1:
+                if r > limit[g] + 1e-12 or r >= 1 or kept_channels(c, r, round_to) < 1:
                     k = -1
                     break
                 if kept_channels(c, r, round_to) < base:
@@ -306,7 +311,8 @@ def greedy_plan(
                 best = cand
         if best is None:
             raise PlanError(
-                f"the target ({target:,.6g}) cannot be reached with max_ratio {max_ratio}: "
+                f"the target ({target:,.6g}) cannot be reached with max_ratio {max_ratio}"
+                f"{' and the band' if caps else ''}: "
                 f"the most pruning it allows costs {now:,.6g}"
             )
         _, _, _, g, k = best
@@ -346,6 +352,7 @@ def macs_target_plan(
     step: float = 0.05,
     cost: Any = None,
     round_to: int | None = None,
+    band: float | None = None,
 ) -> dict[str, Any]:
     """The plan {group: ratio} reaching `macs_fraction` of the dense cost, guided by `scan`.
 
@@ -360,9 +367,14 @@ def macs_target_plan(
     cost.dense. Only groups in the scan are pruned; under importance "lab" never the group
     feeding the classifier. round_to: the counts prune_channels will be given (the search
     and the MACs prediction use the rounded counts, so pass the same value to both).
+    band: keep every group within this distance of the uniform ratio that reaches the same
+    target (the search starts at uniform - band and stops at uniform + band). The scan scores
+    each group alone and before fine-tuning; measured after fine-tuning, plans far from
+    uniform lost to it on the full-width VGG (README), so a band lets the scan and the cost
+    model tilt a uniform plan rather than replace it. None: no band.
     Returns {"plan", "channels", "macs", "dense_macs", "macs_fraction", "cost", "target",
     "dense_cost", "predicted": {"cost", "macs", "accuracy_drop", "accuracy", "drops"},
-    "importance", "round_to"}.
+    "importance", "round_to", "band"}.
     """
     check_importance(importance)
     ok = isinstance(macs_fraction, int | float) and not isinstance(macs_fraction, bool)
@@ -385,7 +397,14 @@ def macs_target_plan(
         return _interp(*curves[g], r)
 
     groups = {n: graph.groups[n].channels for n in names}
-    plan = greedy_plan(groups, drop, cost_fn, target, max_ratio, step, round_to)
+    start, caps, centre = None, None, None
+    if band is not None:
+        if not (isinstance(band, int | float) and 0 <= band < 1):
+            raise PlanError(f"band must be a number in [0, 1), got {band!r}")
+        centre = uniform_ratio(groups, cost_fn, target, max_ratio)
+        start = dict.fromkeys(groups, max(0.0, centre - band))  # greedy_plan rounds down
+        caps = dict.fromkeys(groups, math.ceil((centre + band) / step - 1e-9) * step)
+    plan = greedy_plan(groups, drop, cost_fn, target, max_ratio, step, round_to, start, caps)
     pruned = copy.deepcopy(model)
     channels = prune_in_place(pruned, plan, importance, round_to)
     measured = int(count_macs(pruned)["total"])
@@ -416,4 +435,25 @@ def macs_target_plan(
         },
         "importance": importance,
         "round_to": round_to,
+        "band": None if band is None else {"width": band, "uniform_ratio": centre},
     }
+
+
+def uniform_ratio(
+    groups: dict[str, int], cost: Any, target: float, max_ratio: float, iters: int = 40
+) -> float:
+    """The smallest ratio that, given to every group, brings cost to <= target (bisection;
+    cost falls as the ratio rises). PlanError when even max_ratio everywhere cannot."""
+    if cost(dict.fromkeys(groups, max_ratio)) > target:
+        raise PlanError(
+            f"the target ({target:,.6g}) cannot be reached even with every group at "
+            f"max_ratio {max_ratio}"
+        )
+    lo, hi = 0.0, max_ratio
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if cost(dict.fromkeys(groups, mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
