@@ -289,3 +289,20 @@ def test_scan_with_calibration_is_recalibrate_then_evaluate():
     want = evaluate(probe, x, y, num_classes=10)["accuracy"]
     assert res["groups"]["backbone.conv2"]["accuracy"] == [pytest.approx(float(want))]
     assert res["bn_recalibrated_on"] == 128
+
+
+@pytest.mark.parametrize(
+    "acc, speed, words",
+    [
+        (0.90, 3.0, "prunelab at least as accurate and as fast"),
+        (0.90, 2.0, "prunelab at least as accurate, the peer faster"),
+        (0.80, 3.0, "the peer more accurate, prunelab faster"),
+        (0.80, 2.0, "peer ahead on both"),
+    ],
+)
+def test_peer_verdict_says_which_side_is_ahead(acc, speed, words):
+    from prunelab.app.goals_flow import peer_words
+
+    v = {"accuracy_mean": acc, "speedup": speed, "peer_accuracy_mean": 0.85, "peer_speedup": 2.5}
+    v["beats_peer"] = acc >= 0.85 and speed >= 2.5
+    assert peer_words(v) == words

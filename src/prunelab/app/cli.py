@@ -28,6 +28,7 @@ from .argtypes import (
     sparsity_list,
     weight,
 )
+from .shipped import shipped_recipes
 
 SCOPES = ["conv", "linear", "all"]
 IMPORTANCES = ["l2", "l1", "lab", "bn", "group"]  # prunelab.channels.IMPORTANCES (kept torch-free)
@@ -595,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = _command(sub, "run", commands.run, "run a recipe (a whole study) and write its report")
     s.add_argument(
         "recipe",
-        help="a recipe TOML file, or a shipped recipe's name: quick, seed, beyond, resnet20",
+        help="a recipe TOML file, or a shipped recipe's name: "
+        + ", ".join(sorted(shipped_recipes())),
     )
     s.add_argument(
         "--data-dir",

@@ -281,6 +281,17 @@ def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def peer_words(v: dict[str, Any]) -> str:
+    """The peer verdict in words: which side is ahead on accuracy and on speed."""
+    if v["beats_peer"]:
+        return "prunelab at least as accurate and as fast"
+    acc = v["accuracy_mean"] >= v["peer_accuracy_mean"]
+    fast = v["speedup"] >= v["peer_speedup"]
+    if acc:
+        return "prunelab at least as accurate, the peer faster"
+    return "the peer more accurate, prunelab faster" if fast else "peer ahead on both"
+
+
 LABELS = {"dense": "dense", "control": "dense control (fine-tuned as long)"}
 
 
@@ -355,7 +366,21 @@ def goals_report(r: dict[str, Any]) -> str:
         f"- dense model: {r['dense']['source']} ({model_label(r['dense'])})",
         *data_and_machine(r),
         f"- fine-tuning for every model, the control included: {ft['epochs']} epochs of "
-        f"{ft['optimizer']} (lr {ft['lr']}, {ft['schedule']}), seeds {g['seeds']}",
+        f"{ft['optimizer']} (lr {ft['lr']}, {ft['schedule']}), seeds {g['seeds']}"
+        + (
+            f"; every pruned model (the peer too) distils from the dense one (weight "
+            f"{ft['distill']}, temperature {ft['temperature']}), the control learns from labels"
+            if ft.get("distill")
+            else ""
+        ),
+        f"- prunelab's plans: the channel scan ({g['importance']} importance) and per-layer "
+        f"timings reach {g['margin']}x each speed-up goal, measured"
+        + (
+            f"; every group within {g['band']} of the uniform ratio"
+            if g.get("band") is not None
+            else ""
+        )
+        + (f"; channel counts in multiples of {g['round_to']}" if g.get("round_to") else ""),
         "- latency: every model timed in one interleaved run before fine-tuning (shapes, not "
         "weights, set the time), eager PyTorch fp32, BatchNorm folded",
         "",
@@ -384,9 +409,7 @@ def goals_report(r: dict[str, Any]) -> str:
             lines.append(
                 f"  - Torch-Pruning uniform at the same MACs: "
                 f"{100 * v['peer_accuracy_mean']:.2f}% and {v['peer_speedup']:.2f}x, prunelab "
-                f"{100 * v['accuracy_mean']:.2f}% and {v['speedup']:.2f}x: **"
-                + ("prunelab at least as accurate and as fast" if v["beats_peer"] else "peer ahead")
-                + "**"
+                f"{100 * v['accuracy_mean']:.2f}% and {v['speedup']:.2f}x: **{peer_words(v)}**"
             )
     lines += [
         "",
