@@ -150,6 +150,12 @@ def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache):
     plan = ["plan", str(d / "small.pth"), "--channel-scan", str(scan_dir / "channel_scan.json")]
     assert main([*plan, "--macs", "0.6", "--out", str(macs_plan)]) == 0  # fmt: skip
     assert json.loads(macs_plan.read_text())["macs_fraction"] <= 0.6
+    banded = d / "banded.json"
+    assert main([*plan, "--macs", "0.6", "--band", "0.1", "--out", str(banded)]) == 0
+    got = json.loads(banded.read_text())
+    u = got["band"]["uniform_ratio"]
+    assert got["macs_fraction"] <= 0.6 and got["band"]["width"] == 0.1
+    assert all(u - 0.15 < r < u + 0.15 for r in got["plan"].values())
     assert main([*plan, "--latency", "0.8", "--out", str(lat_plan)]) == 0  # fmt: skip
     lat = json.loads(lat_plan.read_text())
     assert lat["speedup_target"] == pytest.approx(1.25) and lat["attempts"]
