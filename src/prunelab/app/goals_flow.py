@@ -376,7 +376,8 @@ def goals_report(r: dict[str, Any]) -> str:
         f"- prunelab's plans: the channel scan ({g['importance']} importance) and per-layer "
         f"timings reach {g['margin']}x each speed-up goal, measured"
         + (
-            f"; every group within {g['band']} of the uniform ratio"
+            f"; every group within {g['band']} of the uniform ratio reaching the same time "
+            "(rounded out to the plan's 0.05 steps)"
             if g.get("band") is not None
             else ""
         )
