@@ -91,6 +91,11 @@ def train_config(args: argparse.Namespace, keep_best: bool = False):
         bf16=args.bf16,
         seed=args.seed,
         keep_best=keep_best,
+        **(  # finetune --distill TEACHER: the teacher's weight and temperature
+            {"distill": args.distill_weight, "temperature": args.temperature}
+            if getattr(args, "distill", None)
+            else {}
+        ),
     )
     cfg.validate()
     return cfg
@@ -324,9 +329,6 @@ def finetune(args: argparse.Namespace) -> int:
     if args.sparsity is not None and args.plan is not None:
         raise PrunelabError("give at most one of --sparsity S or --plan plan.json")
     dev, cfg = device(args), train_config(args, keep_best=True)
-    if args.distill is not None:
-        cfg.distill, cfg.temperature = args.distill_weight, args.temperature
-        cfg.validate()
     target = read_plan(args.plan) if args.plan else args.sparsity
     gradual = None
     if args.prune_schedule == "gradual":

@@ -31,7 +31,7 @@ from ..sensitivity import (
     sensitivity_scan,
     write_scan,
 )
-from ..train import FitResult, TrainConfig, evaluate, fit, reapply_masks
+from ..train import FitResult, TrainConfig, check_distillation, evaluate, fit, reapply_masks
 
 
 @dataclass
@@ -523,12 +523,9 @@ def finetune_checkpoint(
 
 def _teacher(path: Any, student: nn.Module, cfg: TrainConfig, **load: Any) -> nn.Module | None:
     """The teacher model for distillation, checked against the student; None without one."""
+    check_distillation(cfg, path is not None)  # before any loading
     if path is None:
-        if cfg.distill:
-            raise PrunelabError("distill > 0 needs a teacher checkpoint to distil from")
         return None
-    if not cfg.distill:
-        raise PrunelabError(f"a teacher ({path}) was given but distill is 0: set its weight")
     teacher, _ = load_model(path, **load)
     if norm(teacher) != norm(student):
         raise PrunelabError(

@@ -68,9 +68,8 @@ def group_importance(group: ChannelGroup, importance: str = "l2") -> torch.Tenso
             total += _per_root(slot, _slice_sums(slot, w, dim, 2), c).sqrt()
             found = True
         elif importance == "group" and slot.kind in ("out", "dw", "in", "bn"):
-            w = slot.module.weight if slot.kind == "bn" else slot.params()[0][0]
+            w, dim = (slot.module.weight, 0) if slot.kind == "bn" else slot.params()[0]
             if w is not None:  # weights only: biases and running statistics are not magnitude
-                dim = 0 if slot.kind == "bn" else slot.params()[0][1]
                 total += _per_root(slot, _slice_sums(slot, w, dim, 2), c)
                 found = True
         elif importance == "bn" and slot.kind == "bn":
