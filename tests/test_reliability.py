@@ -142,3 +142,21 @@ def test_same_seed_same_results_json(tmp_path, jpeg_root, cifar, cifar_cache):
         assert resolved["dense"]["train"]["epochs"] == 1 and resolved["seed"] == 3
     assert numbers[0] == numbers[1]
     assert numbers[0][0][1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_an_interrupted_recipe_run_says_to_rerun_it_not_to_add_resume(
+    tmp_path, capsys, monkeypatch
+):
+    import prunelab.app.run as run_module
+    from prunelab.app.cli import main
+    from prunelab.train import Interrupted
+
+    def stopped(*a, **kw):
+        raise Interrupted("stopped by signal 15 at epoch 1, batch 3; state saved to x.state")
+
+    monkeypatch.setattr(run_module, "run_recipe", stopped)
+    code = main(["run", "quick", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert "state saved to x.state" in err and "rerun the same prunelab run command" in err
+    assert "--resume" not in err  # `prunelab run` has no such flag

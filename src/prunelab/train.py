@@ -173,7 +173,12 @@ class _StopFlag:
 
 
 class Interrupted(PrunelabError):
-    """Training stopped on a signal after saving its state."""
+    """Training stopped on a signal after saving its state. `what`: where it stopped and
+    where the state is; `hint`: how to go on, which depends on the command that trained."""
+
+    def __init__(self, what: str, hint: str = "rerun the same command with --resume"):
+        super().__init__(f"{what}; {hint}")
+        self.what = what
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -396,7 +401,7 @@ def fit(
                     )
                     raise Interrupted(
                         f"stopped by signal {stop.signal} at epoch {epoch + 1}, batch {b + 1}; "
-                        f"state saved to {state_path}; rerun the same command with --resume"
+                        f"state saved to {state_path}"
                     )
             bar.close()
             if world > 1:

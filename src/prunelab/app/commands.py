@@ -531,21 +531,29 @@ def latency(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train import Interrupted
     from .recipes import load_recipe
     from .run import run_recipe
     from .shipped import find_recipe
 
     recipe = load_recipe(find_recipe(args.recipe))
     check_out_dir(args.out)
-    run_recipe(
-        recipe,
-        data_dir=args.data_dir,
-        out=args.out,
-        cache=args.cache_dir,
-        device=device(args),
-        progress=not args.no_progress,
-        fresh=args.fresh,
-    )
+    try:
+        run_recipe(
+            recipe,
+            data_dir=args.data_dir,
+            out=args.out,
+            cache=args.cache_dir,
+            device=device(args),
+            progress=not args.no_progress,
+            fresh=args.fresh,
+        )
+    except Interrupted as e:  # `run` has no --resume: a rerun resumes by itself
+        raise Interrupted(
+            e.what,
+            "rerun the same prunelab run command: finished steps are skipped and this one "
+            "resumes from its state",
+        ) from None
     return 0
 
 
