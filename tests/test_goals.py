@@ -241,8 +241,11 @@ def test_goals_flow_measures_every_model_against_dense_control_and_peer(goals_ru
         delta = 100 * (ours["accuracy_mean"] - rows["control"]["accuracy_mean"])
         assert v["delta_control_points"] == pytest.approx(delta)
         assert v["met"] == (v["speedup"] >= v["speedup_goal"] and delta >= -60)
+        peer = rows[f"peer-b{v['batch_size']}"]
+        assert v["peer_macs_ratio"] == pytest.approx(peer["macs"] / ours["macs"])
     report = (run / "report.md").read_text()
     assert "## Goals" in report and "Torch-Pruning uniform" in report
+    assert f"at {res['verdicts'][0]['peer_macs_ratio']:.3f}x prunelab's MACs" in report
     assert (run / "figures" / "goals_accuracy_vs_latency.png").stat().st_size > 10_000
 
 
