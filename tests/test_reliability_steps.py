@@ -112,3 +112,33 @@ def test_outputs_of_the_wrong_kind_are_refused_first(tmp_path, pruned, capsys):
         assert needle in err and len(err.strip().splitlines()) == 1, err
     assert afile.read_text() == "keep me" and list(folder.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "edited.pth"]
+
+
+def test_a_stopped_steps_state_is_resumed_only_under_the_settings_it_started_with(tmp_path, capfd):
+    """A training state left by a stopped step carries the settings it was started with
+    (the step's record is written first); a rerun with other settings (a new teacher, say,
+    which the training state itself does not record) starts over instead of mixing runs."""
+    from prunelab.app.steps import state_path_for
+    from prunelab.app.study import Study
+
+    study = Study({}, None, tmp_path, None, torch.device("cpu"), progress=False)
+    seen = []
+
+    def stopped(out):  # stands for a fine-tune killed mid-epoch: a state, no output
+        seen.append(state_path_for(out).exists())
+        state_path_for(out).write_text("half-trained")
+        raise KeyboardInterrupt
+
+    def finishes(out):
+        seen.append(state_path_for(out).exists())
+        out.write_text("trained")
+        state_path_for(out).unlink(missing_ok=True)
+
+    for name, second in (("a", {"teacher": "control"}), ("b", {"teacher": "dense"})):
+        out = tmp_path / f"{name}.pth"
+        with pytest.raises(KeyboardInterrupt):
+            study.step(name, out, lambda o=out: stopped(o), {"teacher": "dense"})
+        study.step(name, out, lambda o=out: finishes(o), second)
+    # a: other settings, the state was discarded; b: the same, it was there to resume from
+    assert seen == [False, False, False, True]
+    assert "[redo] a: its stopped state was made with other settings" in capfd.readouterr().out

@@ -104,9 +104,7 @@ class GoalsStudy(Study):
         runs: dict[str, dict[int, Path]] = {}
         if g["control"]:  # first seed only; first of all, since it may be the teacher
             seed = g["seeds"][0]
-            runs["control"] = {
-                seed: self._finetune_seed("control", dense_path, seed, splits, None)
-            }
+            runs["control"] = {seed: self._finetune_seed("control", dense_path, seed, splits, None)}
         teacher = runs["control"][g["seeds"][0]] if g["teacher"] == "control" else dense_path
         for seed in g["seeds"]:
             for name, p_path in pruned.items():
@@ -379,7 +377,7 @@ def goals_report(r: dict[str, Any]) -> str:
         f"- fine-tuning for every model, the control included: {ft['epochs']} epochs of "
         f"{ft['optimizer']} (lr {ft['lr']}, {ft['schedule']}), seeds {g['seeds']}"
         + (
-            f"; every pruned model (the peer too) distils from the "
+            "; every pruned model (the peer too) distils from the "
             + (
                 "control (seed 0's, trained first)"
                 if g.get("teacher") == "control"

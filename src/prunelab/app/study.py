@@ -79,8 +79,8 @@ class Study:
         theirs, so editing a parent step redoes everything made from it."""
         digest = settings_digest(settings)
         record = output.with_name(output.name + ".settings.json")
+        old = json.loads(record.read_text()) if record.exists() else None
         if output.exists() and not self.fresh:
-            old = json.loads(record.read_text()) if record.exists() else None
             if old is not None and old.get("digest") == digest:
                 tqdm.write(f"[skip] {name}: {output} exists, same settings")
                 return digest
@@ -88,6 +88,12 @@ class Study:
             tqdm.write(f"[redo] {name}: {why}")
             output.unlink()
         state = state_path_for(output)
+        if state.exists() and (old is None or old.get("digest") != digest):
+            # a stopped step's state is only resumed under the settings it was started with
+            # (recorded below before the step runs): other settings start it again
+            tqdm.write(f"[redo] {name}: its stopped state was made with other settings")
+            state.unlink()
+        write_json(record, {"digest": digest, "settings": plain(settings), "started": True})
         if state.exists() and not self.fresh:
             try:
                 saved = load_tensors(state, "training state")
