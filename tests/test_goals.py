@@ -168,7 +168,6 @@ seeds = [0, 1]
 reps = 3
 band = 0.2
 importance = "group"
-teacher = "control"
 
 [goals.scan]
 ratios = [0.5]
@@ -191,8 +190,6 @@ distill = 0.5
         (("reps = 3", "repz = 3"), "did you mean 'goals.reps'"),
         (("val_size = 200", "val_size = 0"), "data.val_size"),
         (("[goals]", "[prune]\nsparsities = [0.5]\n[goals]"), "not used by a \\[goals\\]"),
-        (('teacher = "control"', 'teacher = "best"'), "goals.teacher"),
-        (('teacher = "control"', 'teacher = "control"\ncontrol = false'), "no control"),
     ],
 )
 def test_goals_recipe_errors(tmp_path, edit, match):
@@ -259,12 +256,11 @@ def test_goals_models_reload_without_flags(goals_run):
         assert ck["arch"]["channels"] and "masks" not in ck
 
 
-def test_pruned_models_distil_from_the_control_which_learns_from_labels(goals_run):
+def test_pruned_models_distil_from_dense_and_the_control_learns_from_labels(goals_run):
     run, res = goals_run
     for name in ("guided-b1-seed0", "peer-b8-seed1"):
         meta = load_model(run / "finetune" / f"{name}.pth")[1]["meta"]
-        assert meta["config"]["distill"] == 0.5
-        assert meta["teacher"].endswith("finetune/control-seed0.pth")
+        assert meta["config"]["distill"] == 0.5 and meta["teacher"].endswith("dense/model.pth")
     control = load_model(run / "finetune" / "control-seed0.pth")[1]["meta"]
     assert control["config"]["distill"] == 0.0 and "teacher" not in control
     for b in (1, 8):  # the plans kept every group near the uniform ratio

@@ -102,15 +102,15 @@ class GoalsStudy(Study):
                 pruned[f"peer-b{b}"] = peer_path
         latency = self._latency(dense_path, pruned)
         runs: dict[str, dict[int, Path]] = {}
-        if g["control"]:  # first seed only; first of all, since it may be the teacher
-            seed = g["seeds"][0]
-            runs["control"] = {seed: self._finetune_seed("control", dense_path, seed, splits, None)}
-        teacher = runs["control"][g["seeds"][0]] if g["teacher"] == "control" else dense_path
-        for seed in g["seeds"]:
+        for i, seed in enumerate(g["seeds"]):
             for name, p_path in pruned.items():
                 runs.setdefault(name, {})[seed] = self._finetune_seed(
-                    name, p_path, seed, splits, teacher
+                    name, p_path, seed, splits, dense_path
                 )
+            if i == 0 and g["control"]:
+                runs["control"] = {
+                    seed: self._finetune_seed("control", dense_path, seed, splits, None)
+                }
         rows = [self._row("dense", dense_path, {}, splits, latency)]
         for name in runs:
             src = dense_path if name == "control" else pruned[name]
@@ -183,8 +183,7 @@ class GoalsStudy(Study):
         self, name: str, src: Path, seed: int, splits: Any, teacher: Path | None
     ) -> Path:
         """One model, one seed. With finetune.distill > 0 every pruned model distils from
-        the teacher (goals.teacher: the dense model, or the control: the dense model trained
-        as long, the best dense model the run has); the control itself learns from labels."""
+        the dense one (teacher); the control is the dense model itself, trained on labels."""
         cfg = copy.deepcopy(self.rec["goals"]["finetune"])
         cfg.seed = seed
         if teacher is None or not cfg.distill:
@@ -207,12 +206,7 @@ class GoalsStudy(Study):
                 cache=self.cache,
                 model=self.user_spec,
             ),
-            {
-                "src": str(src),
-                "ft": cfg,
-                "data": self.rec["data"],
-                **({"teacher": str(teacher)} if teacher is not None else {}),
-            },
+            {"src": str(src), "ft": cfg, "data": self.rec["data"]},
         )
         return out
 
@@ -377,14 +371,8 @@ def goals_report(r: dict[str, Any]) -> str:
         f"- fine-tuning for every model, the control included: {ft['epochs']} epochs of "
         f"{ft['optimizer']} (lr {ft['lr']}, {ft['schedule']}), seeds {g['seeds']}"
         + (
-            "; every pruned model (the peer too) distils from the "
-            + (
-                "control (seed 0's, trained first)"
-                if g.get("teacher") == "control"
-                else "dense one"
-            )
-            + f" (weight {ft['distill']}, temperature {ft['temperature']}), the control "
-            "learns from labels"
+            f"; every pruned model (the peer too) distils from the dense one (weight "
+            f"{ft['distill']}, temperature {ft['temperature']}), the control learns from labels"
             if ft.get("distill")
             else ""
         ),

@@ -33,7 +33,6 @@ GOALS_FIELDS = {
     "seeds": ANY,
     "peer": BOOL,
     "control": BOOL,
-    "teacher": choice(("dense", "control")),
     "importance": choice(IMPORTANCES),
     "round_to": integer(1),
     "max_ratio": number(0, 1, lo_open=True),
@@ -89,20 +88,12 @@ def parse_goals(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str
         "> 0 (or data.val_fraction given): the channel scan runs on the validation split",
         rec["data"]["val_size"],
     )
-    expect(
-        raw.get("teacher", "dense") == "dense" or raw.get("control", True),
-        file,
-        "goals.teacher",
-        '"dense" when goals.control is false (there is no control to learn from)',
-        raw.get("teacher"),
-    )
     return {
         "targets": parsed,
         "margin": raw.get("margin", 1.08),
         "seeds": seeds,
         "peer": raw.get("peer", True),
         "control": raw.get("control", True),
-        "teacher": raw.get("teacher", "dense"),
         "importance": raw.get("importance", "l2"),
         "round_to": raw.get("round_to"),
         "max_ratio": raw.get("max_ratio", 0.8),
