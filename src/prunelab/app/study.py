@@ -93,7 +93,9 @@ class Study:
             # (recorded below before the step runs): other settings start it again
             tqdm.write(f"[redo] {name}: its stopped state was made with other settings")
             state.unlink()
-        write_json(record, {"digest": digest, "settings": plain(settings), "started": True})
+        # written once, before the step: outputs are written atomically, so an output that
+        # exists is complete, and this record names the settings it was made with
+        write_json(record, {"digest": digest, "settings": plain(settings)})
         if state.exists() and not self.fresh:
             try:
                 saved = load_tensors(state, "training state")
@@ -108,7 +110,6 @@ class Study:
         self.timings[name] = time.perf_counter() - t0
         if not output.exists():
             raise PrunelabError(f"step {name} finished without writing {output}")
-        write_json(record, {"digest": digest, "settings": plain(settings)})
         return digest
 
     def load(self, path: Path | str) -> tuple[Any, dict[str, Any]]:
