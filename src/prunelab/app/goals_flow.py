@@ -102,15 +102,16 @@ class GoalsStudy(Study):
                 pruned[f"peer-b{b}"] = peer_path
         latency = self._latency(dense_path, pruned)
         runs: dict[str, dict[int, Path]] = {}
-        for i, seed in enumerate(g["seeds"]):
+        if g["control"]:  # first: every accuracy verdict is read against it
+            seed = g["seeds"][0]
+            runs["control"] = {
+                seed: self._finetune_seed("control", dense_path, seed, splits, None)
+            }
+        for seed in g["seeds"]:
             for name, p_path in pruned.items():
                 runs.setdefault(name, {})[seed] = self._finetune_seed(
                     name, p_path, seed, splits, dense_path
                 )
-            if i == 0 and g["control"]:
-                runs["control"] = {
-                    seed: self._finetune_seed("control", dense_path, seed, splits, None)
-                }
         rows = [self._row("dense", dense_path, {}, splits, latency)]
         for name in runs:
             src = dense_path if name == "control" else pruned[name]
