@@ -104,9 +104,7 @@ class GoalsStudy(Study):
         runs: dict[str, dict[int, Path]] = {}
         if g["control"]:  # first: every accuracy verdict is read against it
             seed = g["seeds"][0]
-            runs["control"] = {
-                seed: self._finetune_seed("control", dense_path, seed, splits, None)
-            }
+            runs["control"] = {seed: self._finetune_seed("control", dense_path, seed, splits, None)}
         for seed in g["seeds"]:
             for name, p_path in pruned.items():
                 runs.setdefault(name, {})[seed] = self._finetune_seed(
