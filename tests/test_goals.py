@@ -167,6 +167,7 @@ targets = [
 seeds = [0, 1]
 reps = 3
 band = 0.2
+step = 0.1
 importance = "group"
 
 [goals.scan]
@@ -188,6 +189,8 @@ distill = 0.5
         (("batch_size = 8", "batch_size = 1"), "one target per batch size"),
         (("seeds = [0, 1]", "seeds = [0, 0]"), "distinct seeds"),
         (("reps = 3", "repz = 3"), "did you mean 'goals.reps'"),
+        (("step = 0.1", "step = 0"), "goals.step"),
+        (("step = 0.1", "step = 1"), "goals.step"),
         (("val_size = 200", "val_size = 0"), "data.val_size"),
         (("[goals]", "[prune]\nsparsities = [0.5]\n[goals]"), "not used by a \\[goals\\]"),
     ],
@@ -263,10 +266,11 @@ def test_pruned_models_distil_from_dense_and_the_control_learns_from_labels(goal
         assert meta["config"]["distill"] == 0.5 and meta["teacher"].endswith("dense/model.pth")
     control = load_model(run / "finetune" / "control-seed0.pth")[1]["meta"]
     assert control["config"]["distill"] == 0.0 and "teacher" not in control
-    for b in (1, 8):  # the plans kept every group near the uniform ratio
+    for b in (1, 8):  # the plans kept every group near the uniform ratio, on the recipe's grid
         plan = res["plans"][f"guided-b{b}"]
         u = plan["band"]["uniform_ratio"]
-        assert all(u - 0.25 < r < u + 0.25 for r in plan["plan"].values())
+        assert all(u - 0.3 - 1e-9 < r < u + 0.3 + 1e-9 for r in plan["plan"].values())
+        assert all(abs(r * 10 - round(r * 10)) < 1e-9 for r in plan["plan"].values())
 
 
 def test_recalibrate_bn_sets_running_stats_to_the_calibration_images():

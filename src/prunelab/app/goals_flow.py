@@ -41,6 +41,8 @@ from .steps import (
 )
 from .study import Study
 
+PLAN_KEYS = ("importance", "round_to", "max_ratio", "threads", "band", "step")
+
 
 class GoalsStudy(Study):
     """The [goals] benchmark as resumable steps on the recipe's dense model."""
@@ -73,7 +75,7 @@ class GoalsStudy(Study):
                 "scan": scan_digest,
                 "speedup": t["speedup"] * g["margin"],
                 "b": b,
-                **{k: g[k] for k in ("importance", "round_to", "max_ratio", "threads", "band")},
+                **{k: g[k] for k in PLAN_KEYS},
             }
             digest = self.step(
                 f"latency plan batch {b}",
@@ -143,6 +145,7 @@ class GoalsStudy(Study):
             threads=g["threads"],
             max_ratio=g["max_ratio"],
             band=g["band"],
+            step=g["step"],
         )
 
     def _prune(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
@@ -379,7 +382,7 @@ def goals_report(r: dict[str, Any]) -> str:
         f"timings reach {g['margin']}x each speed-up goal, measured"
         + (
             f"; every group within {g['band']} of the uniform ratio reaching the same time "
-            "(rounded out to the plan's 0.05 steps)"
+            f"(rounded out to the plan's {g.get('step', 0.05)} steps)"
             if g.get("band") is not None
             else ""
         )

@@ -34,12 +34,14 @@ def latency_target_plan(
     max_ratio: float = 0.8,
     tolerance: float = 0.08,
     band: float | None = None,
+    step: float = 0.05,
 ) -> dict[str, Any]:
     """The scan-guided plan whose pruned model measures at least `speedup` x faster than the
     dense one at `batch_size` (eager fp32, BN folded), pruning no more than needed: attempts
     stop once the measured speed-up is within `tolerance` above the goal; the slowest
     attempt that reached it is kept, else the fastest ("reached": False). band: as for
-    macs_target_plan (each group within that distance of the uniform ratio).
+    macs_target_plan (each group within that distance of the uniform ratio); step: the
+    plan's ratio grid, as for macs_target_plan.
 
     Returns macs_target_plan's result plus "speedup_target", "batch_size", "measured_speedup",
     "attempts" [{fraction, macs, measured_speedup}] and "layer_timings".
@@ -64,6 +66,7 @@ def latency_target_plan(
                 round_to=round_to,
                 max_ratio=max_ratio,
                 band=band,
+                step=step,
             )
         except PlanError as e:
             if best is None:
