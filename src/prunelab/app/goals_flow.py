@@ -41,6 +41,8 @@ from .steps import (
 )
 from .study import Study
 
+# the [goals] settings a latency plan is made with: passed to latency_target_plan by these
+# names and recorded in the plan step's settings, so the two can never disagree
 PLAN_KEYS = ("importance", "round_to", "max_ratio", "threads", "band", "step")
 
 
@@ -140,12 +142,7 @@ class GoalsStudy(Study):
             scan,
             t["speedup"] * g["margin"],
             batch_size=t["batch_size"],
-            importance=g["importance"],
-            round_to=g["round_to"],
-            threads=g["threads"],
-            max_ratio=g["max_ratio"],
-            band=g["band"],
-            step=g["step"],
+            **{k: g[k] for k in PLAN_KEYS},
         )
 
     def _prune(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
@@ -382,7 +379,7 @@ def goals_report(r: dict[str, Any]) -> str:
         f"timings reach {g['margin']}x each speed-up goal, measured"
         + (
             f"; every group within {g['band']} of the uniform ratio reaching the same time "
-            f"(rounded out to the plan's {g.get('step', 0.05)} steps)"
+            f"(rounded out to the plan's {g['step']} steps)"
             if g.get("band") is not None
             else ""
         )
