@@ -70,6 +70,20 @@ def test_every_method_is_measured_beside_dense(result):
     assert latency["baseline"] == "dense" and len(latency["rows"]) == 4 * 2
 
 
+def test_a_copied_run_folder_redoes_nothing(result, tmp_path, jpeg_root, cifar_cache, capfd):
+    """Steps record paths inside the run folder relative to it, so a copy resumes as is."""
+    import shutil
+
+    run, _ = result
+    shutil.copytree(run, tmp_path / "copy")
+    rec = load_recipe(run.parent / "r.toml")
+    capfd.readouterr()
+    run_recipe(rec, jpeg_root, out=tmp_path / "copy", cache=cifar_cache, progress=False)
+    log = capfd.readouterr()
+    text = log.out + log.err
+    assert "[skip] finetune" in text and "[step]" not in text and "[redo]" not in text, text
+
+
 def test_report_and_figure_written(result):
     run, res = result
     report = (run / "report.md").read_text()

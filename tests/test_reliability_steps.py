@@ -39,11 +39,11 @@ batch_size = 64
 """
 
 
-def _run(tmp_path, jpeg_root, cifar_cache, lr, capsys):
+def _run(tmp_path, jpeg_root, cifar_cache, lr, capsys, out="run"):
     recipe = tmp_path / "steps.toml"
     recipe.write_text(RECIPE.format(lr=lr))
     argv = ["run", str(recipe), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache)]
-    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main([*argv, "--out", str(tmp_path / out), "--no-progress"]) == 0
     return capsys.readouterr().out + capsys.readouterr().err
 
 
@@ -59,6 +59,46 @@ def test_edited_recipe_redoes_only_the_changed_step(tmp_path, jpeg_root, cifar, 
     assert "[redo] finetune s0.50-sgd" in changed and "0.01 -> 0.02" in changed
     assert ft.stat().st_mtime_ns != before
     assert load_model(ft)[1]["meta"]["config"]["lr"] == 0.02
+
+
+def test_steps_match_records_by_run_relative_paths_and_older_full_path_records(tmp_path):
+    """A step's settings name paths inside the run folder as {run}/..., so a moved run folder
+    matches its records; a record from before (full paths in its digest) matches too, and the
+    step hands back the digest on record, which its child steps were made with."""
+    import json
+
+    from prunelab.app.study import Study, settings_digest
+
+    def study(out):
+        return Study({}, None, out, None, torch.device("cpu"), progress=False)
+
+    def make(path):
+        return lambda: path.write_text("made")
+
+    old_run, new_run = tmp_path / "a", tmp_path / "b"
+    for run in (old_run, new_run):
+        run.mkdir()
+    out = old_run / "x.txt"
+    settings = {"src": str(old_run / "dense.pth"), "lr": 0.1}
+    digest = study(old_run).step("x", out, make(out), settings)
+    record = json.loads((old_run / "x.txt.settings.json").read_text())
+    assert record["settings"]["src"] == "{run}/dense.pth"
+    # the same step in a moved folder: skipped, same digest
+    (new_run / "x.txt").write_text("kept")
+    (new_run / "x.txt.settings.json").write_text(json.dumps(record))
+    moved = {"src": str(new_run / "dense.pth"), "lr": 0.1}
+    assert study(new_run).step("x", new_run / "x.txt", make(new_run / "x.txt"), moved) == digest
+    assert (new_run / "x.txt").read_text() == "kept"
+    # a record written before: its digest covers the full path; still a match, and its
+    # digest (not the new one) is what child steps get
+    legacy = settings_digest(moved)
+    (new_run / "x.txt.settings.json").write_text(json.dumps({"digest": legacy}))
+    assert study(new_run).step("x", new_run / "x.txt", make(new_run / "x.txt"), moved) == legacy
+    assert (new_run / "x.txt").read_text() == "kept"
+    # a real change is still redone
+    changed = {**moved, "lr": 0.2}
+    assert study(new_run).step("x", new_run / "x.txt", make(new_run / "x.txt"), changed) != digest
+    assert (new_run / "x.txt").read_text() == "made"
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
@@ -77,18 +78,22 @@ class Study:
         Each output has a `<output>.settings.json` beside it; a step whose settings changed
         is redone, saying so. Returns the settings' digest, which child steps include in
         theirs, so editing a parent step redoes everything made from it."""
+        legacy = settings_digest(settings)
+        settings = run_relative(settings, self.out)
         digest = settings_digest(settings)
         record = output.with_name(output.name + ".settings.json")
         old = json.loads(record.read_text()) if record.exists() else None
+        # records made before settings named paths relative to the run folder still match
+        same = old is not None and old.get("digest") in (digest, legacy)
         if output.exists() and not self.fresh:
-            if old is not None and old.get("digest") == digest:
+            if same:
                 tqdm.write(f"[skip] {name}: {output} exists, same settings")
-                return digest
+                return old["digest"]  # the digest its child steps were made with
             why = changed_setting(old.get("settings") if old else None, settings)
             tqdm.write(f"[redo] {name}: {why}")
             output.unlink()
         state = state_path_for(output)
-        if state.exists() and (old is None or old.get("digest") != digest):
+        if state.exists() and not same:
             # a stopped step's state is only resumed under the settings it was started with
             # (recorded below before the step runs): other settings start it again
             tqdm.write(f"[redo] {name}: its stopped state was made with other settings")
@@ -420,6 +425,23 @@ def scan_images(
     if n and n < len(y):
         x, y = subset(x, y, n, seed=rec["seed"])
     return x, y
+
+
+def run_relative(settings: Any, run: Path) -> Any:
+    """Settings with paths inside the run folder written as "{run}/...", so a run folder
+    that is copied or moved elsewhere still matches its records (plain JSON types out)."""
+    prefix = os.path.join(str(run), "")
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, str) and v.startswith(prefix):
+            return "{run}/" + v[len(prefix) :]
+        return v
+
+    return walk(plain(settings))
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
