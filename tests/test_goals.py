@@ -307,6 +307,64 @@ def test_scan_with_calibration_is_recalibrate_then_evaluate():
     assert res["bn_recalibrated_on"] == 128
 
 
+def test_scan_recovers_each_probe_before_calibrating_and_scoring_it():
+    """recover runs once per pruned probe (never on the dense model), on the pruned copy,
+    before its BatchNorm statistics are re-estimated: a probe scores as recovered."""
+    from prunelab.channels import channel_scan
+    from prunelab.channels.scan import recalibrate_bn
+    from prunelab.evaluation import evaluate
+
+    m = vgg()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    cal = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8, generator=g)
+    seen = []
+
+    def recover(probe):  # a stand-in fine-tune: rescale the classifier, remember the shape
+        seen.append(probe.backbone.conv2.out_channels)
+        with torch.no_grad():
+            probe.classifier.weight.mul_(-1.0)
+
+    res = channel_scan(
+        m, x, y, ratios=[0.25, 0.5], groups=["backbone.conv2"], calibrate=cal, recover=recover
+    )
+    c = m.backbone.conv2.out_channels
+    assert seen == [c - round(c * 0.25), c - round(c * 0.5)] and res["recovered"] is True
+    probe = copy.deepcopy(m)
+    prune_channels(probe, {"backbone.conv2": 0.5})
+    recover(probe)
+    recalibrate_bn(probe, cal)
+    want = evaluate(probe, x, y, num_classes=10)["accuracy"]
+    assert res["groups"]["backbone.conv2"]["accuracy"][1] == pytest.approx(float(want))
+    assert m.backbone.conv2.out_channels == c  # the caller's model is untouched
+
+
+def test_recovery_is_a_short_fine_tune_on_seeded_training_images():
+    from types import SimpleNamespace
+
+    from prunelab.app.steps import recovery, recovery_config
+    from prunelab.train import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    splits = SimpleNamespace(
+        train_x=torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=g),
+        train_y=torch.randint(0, 10, (96,), generator=g),
+    )
+    ft = TrainConfig(epochs=4, batch_size=32, lr=0.1, schedule="cosine", distill=0.5)
+    cfg = recovery_config(ft, 0.05)
+    assert (cfg.epochs, cfg.lr, cfg.schedule, cfg.distill) == (1, 0.05, "constant", 0.0)
+    assert cfg.batch_size == 32 and ft.epochs == 4  # the table's own settings, not changed
+    assert recovery(splits, 0, cfg, None) is None and recovery(splits, 64, None, None) is None
+    a, b = vgg(), vgg()
+    recover = recovery(splits, 64, cfg, None)
+    recover(a)
+    recover(b)
+    w0 = vgg().backbone.conv1.weight
+    assert not torch.equal(a.backbone.conv1.weight, w0)  # it trained
+    assert torch.equal(a.backbone.conv1.weight, b.backbone.conv1.weight)  # same for each probe
+
+
 @pytest.mark.parametrize(
     "acc, speed, words",
     [

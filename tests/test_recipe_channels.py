@@ -24,7 +24,14 @@ def test_shipped_channels_recipe_and_defaults(tmp_path):
     assert ch["ratios"] == [0.3, 0.5] and ch["latency"]["batch_sizes"] == [1, 64]
     assert ch["scan"]["calibrate"] == 1024  # adaptive BN in the scan unless turned off
     off = _load(tmp_path, "[channels.scan]\ncalibrate = 0\n")["channels"]["scan"]
-    assert off == {"ratios": [0.25, 0.5, 0.75], "calibrate": 0}
+    assert off == {"ratios": [0.25, 0.5, 0.75], "calibrate": 0}  # no recovery keys unless set
+    rec = _load(tmp_path, "[channels.scan]\nrecover = 2048\nrecover_lr = 0.005\n")
+    assert rec["channels"]["scan"]["recover"] == 2048
+    from prunelab.app.study import recovery_settings
+
+    got = recovery_settings(rec["channels"])
+    assert got["recover"] == 2048 and got["recover_ft"].lr == 0.005
+    assert got["recover_ft"].epochs == 1 and recovery_settings(ch) == {}
 
 
 @pytest.mark.parametrize(
@@ -37,6 +44,8 @@ def test_shipped_channels_recipe_and_defaults(tmp_path):
         ("[channels.latency]\nbatch_sizes = [0]\n", "channels.latency.batch_sizes"),
         ("[channels.scan]\nratio = [0.5]\n", "channels.scan.ratio"),
         ("[channels.scan]\ncalibrate = -1\n", "channels.scan.calibrate"),
+        ("[channels.scan]\nrecover = -1\n", "channels.scan.recover"),
+        ("[channels.scan]\nrecover_lr = 0\n", "channels.scan.recover_lr"),
         ("[channels]\n[prune]\nsparsities = [0.5]\n", "not used by a [channels] recipe"),
         ("[data]\nval_size = 0\n[channels]\n", "data.val_size"),
     ],

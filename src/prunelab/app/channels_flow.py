@@ -35,7 +35,7 @@ from .steps import (
     prune_checkpoint,
     recipe_splits,
 )
-from .study import Study, tag
+from .study import Study, recovery_settings, tag
 
 LABELS = {
     "dense": "dense",
@@ -63,7 +63,12 @@ class ChannelsStudy(Study):
                 "channel sensitivity scan",
                 scan_path,
                 lambda: self.channel_scan_to(dense, splits, scan_path, ch),
-                {"dense": self.dense_digest, "scan": ch["scan"], "imp": ch["importance"]},
+                {
+                    "dense": self.dense_digest,
+                    "scan": ch["scan"],
+                    "imp": ch["importance"],
+                    **recovery_settings(ch),
+                },
             )
             scan = json.loads(scan_path.read_text())
         models: dict[str, Path] = {}

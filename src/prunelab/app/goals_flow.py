@@ -39,7 +39,7 @@ from .steps import (
     light,
     recipe_splits,
 )
-from .study import Study
+from .study import Study, recovery_settings
 
 # the [goals] settings a latency plan is made with: passed to latency_target_plan by these
 # names and recorded in the plan step's settings, so the two can never disagree
@@ -65,6 +65,7 @@ class GoalsStudy(Study):
                 "scan": {"ratios": g["scan"]["ratios"]},
                 "imp": g["importance"],
                 "calibrate": g["scan"]["calibrate"],
+                **recovery_settings(g),
             },
         )
         scan = json.loads(scan_path.read_text())

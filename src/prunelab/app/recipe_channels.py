@@ -14,6 +14,7 @@ from .recipe_schema import (
     choice,
     expect,
     integer,
+    number,
     sparsities,
     sub_table,
     table,
@@ -36,7 +37,14 @@ CHANNELS_FIELDS = {
     "finetune": ANY,
     "latency": ANY,
 }
-SCAN_FIELDS = {"ratios": ANY, "calibrate": integer(0)}
+# recover / recover_lr (optional, off when absent): each probe fine-tuned on that many training
+# images before it is scored (prunelab.channels.scan); absent keys keep older runs' settings
+SCAN_FIELDS = {
+    "ratios": ANY,
+    "calibrate": integer(0),
+    "recover": integer(0),
+    "recover_lr": number(0, lo_open=True),
+}
 LATENCY_FIELDS = {
     "batch_sizes": Field(
         lambda v: isinstance(v, list) and v and all(isinstance(b, int) and b >= 1 for b in v),

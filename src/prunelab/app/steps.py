@@ -142,6 +142,40 @@ def calibration_images(splits: Splits, n: int, seed: int) -> torch.Tensor | None
     return splits.train_x[idx]
 
 
+def recovery_config(ft: TrainConfig, lr: float) -> TrainConfig:
+    """The short fine-tune a channel-scan probe gets (scan.recover): one pass at a constant
+    `lr`, labels only, otherwise the table's own fine-tuning settings (batch, bf16, aug)."""
+    return dataclasses.replace(
+        ft, epochs=1, lr=lr, schedule="constant", distill=0.0, keep_best=False
+    )
+
+
+def recovery(
+    splits: Splits,
+    n: int,
+    cfg: TrainConfig | None,
+    normalize: Any,
+    device: torch.device | str = "cpu",
+) -> Callable[[nn.Module], None] | None:
+    """A probe's recovery for prunelab.channels.channel_scan: `cfg` (recovery_config) on `n`
+    training images drawn with cfg.seed, the same for every probe. None when n is 0.
+
+    Why: a scan scores each layer pruned alone and before fine-tuning, and a layer that
+    looks ruined then may recover in fine-tuning (on the full-width VGG the first
+    convolution cut to 16 channels scored 6 points down, yet a plan cutting it that far
+    fine-tuned as well as uniform pruning), which misleads a plan made from the scan."""
+    if not n or cfg is None:
+        return None
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(splits.train_x), generator=g)[:n]
+    x, y = splits.train_x[idx], splits.train_y[idx]
+
+    def recover(model: nn.Module) -> None:
+        fit(model, x, y, cfg, device=device, progress=False, normalize=normalize)
+
+    return recover
+
+
 def data_record(splits: Splits) -> dict[str, Any]:
     """Where a run's images came from and how many went where (for results.json)."""
     return {

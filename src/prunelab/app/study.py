@@ -37,6 +37,8 @@ from .steps import (
     norm,
     prune_checkpoint,
     recipe_splits,
+    recovery,
+    recovery_config,
     scan_to_folder,
     state_path_for,
     summarize,
@@ -379,6 +381,13 @@ class Study:
             normalize=norm(model),
             progress=self.progress,
             calibrate=calibration_images(splits, cfg["scan"]["calibrate"], self.rec["seed"]),
+            recover=recovery(
+                splits,
+                cfg["scan"].get("recover", 0),
+                scan_recovery(cfg),
+                norm(model),
+                self.device,
+            ),
         )
         res["images"] = len(y)
         write_json(path, res)
@@ -442,6 +451,21 @@ def run_relative(settings: Any, run: Path) -> Any:
         return v
 
     return walk(plain(settings))
+
+
+def scan_recovery(cfg: dict[str, Any]) -> Any:
+    """The recovery fine-tune of a [channels] or [goals] table's scan (None when its scan
+    has no `recover`): part of the scan step's settings only then, so older runs match."""
+    scan = cfg["scan"]
+    if not scan.get("recover"):
+        return None
+    return recovery_config(cfg["finetune"], scan.get("recover_lr", 0.01))
+
+
+def recovery_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a scan step's settings add for its recovery: nothing without one."""
+    rc = scan_recovery(cfg)
+    return {} if rc is None else {"recover": cfg["scan"]["recover"], "recover_ft": rc}
 
 
 def settings_digest(settings: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ def channel_scan(
     progress: bool = False,
     groups: list[str] | None = None,
     calibrate: torch.Tensor | None = None,
+    recover: Callable[[nn.Module], Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy, MACs and parameters with each channel group alone pruned to each ratio.
 
@@ -50,9 +52,12 @@ def channel_scan(
     None. calibrate: training images on which each probe's BatchNorm statistics are
     re-estimated before it is scored (recalibrate_bn); None scores the probe as cut.
     Under importance "lab" the group feeding the classifier is never pruned, so it is
-    not scanned. Returns {"dense_accuracy", "dense_macs", "dense_params", "ratios",
-    "importance", "seconds", "groups": {name: {"channels", "kept", "accuracy", "macs",
-    "params"}}}; the caller's model is not changed.
+    not scanned. recover: called on each pruned probe before calibration and scoring (a
+    short fine-tune: see app.steps.recovery), so the scan measures how well a layer
+    recovers rather than how badly the cut alone hurts. Returns {"dense_accuracy",
+    "dense_macs", "dense_params", "ratios", "importance", "seconds", "bn_recalibrated_on",
+    "recovered", "groups": {name: {"channels", "kept", "accuracy", "macs", "params"}}};
+    the caller's model is not changed.
     """
     check_importance(importance)
     rs = [check_ratio(r, "channel scan") for r in ratios]
@@ -87,6 +92,8 @@ def channel_scan(
             continue
         probe = copy.deepcopy(model)
         prune_in_place(probe, {n: r}, importance)
+        if recover is not None:
+            recover(probe)
         if calibrate is not None:
             recalibrate_bn(probe, calibrate, normalize)
         res = evaluate(probe, x, y, num_classes=nc, fold_bn=True, **kw)
@@ -95,6 +102,7 @@ def channel_scan(
         row["params"].append(count_params(probe))
     out["seconds"] = time.perf_counter() - start
     out["bn_recalibrated_on"] = 0 if calibrate is None else len(calibrate)
+    out["recovered"] = recover is not None
     return out
 
 
