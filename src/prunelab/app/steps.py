@@ -171,7 +171,7 @@ def recovery(
     x, y = splits.train_x[idx], splits.train_y[idx]
 
     def recover(model: nn.Module) -> None:
-        fit(model, x, y, cfg, device=device, progress=False, normalize=normalize)
+        fit(model, x, y, cfg, device=device, progress=False, normalize=normalize, desc="recover")
 
     return recover
 
