@@ -137,9 +137,13 @@ def calibration_images(splits: Splits, n: int, seed: int) -> torch.Tensor | None
     channel-scan probes (prunelab.channels.scan.recalibrate_bn); None when n is 0."""
     if not n:
         return None
+    return splits.train_x[train_sample(splits, n, seed)]
+
+
+def train_sample(splits: Splits, n: int, seed: int) -> torch.Tensor:
+    """Indices of `n` training images drawn with `seed` (calibration and scan recovery)."""
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(splits.train_x), generator=g)[:n]
-    return splits.train_x[idx]
+    return torch.randperm(len(splits.train_x), generator=g)[:n]
 
 
 def recovery_config(ft: TrainConfig, lr: float) -> TrainConfig:
@@ -166,8 +170,7 @@ def recovery(
     fine-tuned as well as uniform pruning), which misleads a plan made from the scan."""
     if not n or cfg is None:
         return None
-    g = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(len(splits.train_x), generator=g)[:n]
+    idx = train_sample(splits, n, cfg.seed)
     x, y = splits.train_x[idx], splits.train_y[idx]
 
     def recover(model: nn.Module) -> None:
