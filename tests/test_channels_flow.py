@@ -98,3 +98,34 @@ def test_channel_pruned_models_reload_without_flags(result):
     model, ck = load_model(run / "finetune" / "uniform-s0.50.pth")
     assert ck["arch"]["channels"] and "masks" not in ck
     assert model.backbone.conv0.out_channels == 4  # 8 channels at width 0.125, half kept
+
+
+def test_a_model_remade_at_the_same_path_is_fine_tuned_and_timed_again(
+    result, tmp_path, jpeg_root, cifar_cache, capfd
+):
+    """A changed pruning step (here the channel rounding) remakes the pruned models under
+    the same file names: everything made from them must be redone, not skipped by name."""
+    import shutil
+
+    run, _ = result
+    shutil.copytree(run, tmp_path / "copy")
+    (tmp_path / "r.toml").write_text(
+        RECIPE.replace('importance = "l2"', 'importance = "l2"\nround_to = 2')
+    )
+    capfd.readouterr()
+    run_recipe(
+        load_recipe(tmp_path / "r.toml"),
+        jpeg_root,
+        out=tmp_path / "copy",
+        cache=cifar_cache,
+        progress=False,
+    )
+    text = "".join(capfd.readouterr())
+    for step in (
+        "channels uniform 0.50",
+        "finetune uniform-s0.50",
+        "finetune guided-s0.50",
+        "latency (interleaved, eager fp32)",
+    ):
+        assert f"[redo] {step}:" in text, (step, text)
+    assert "[skip] finetune fine-s0.50" in text  # fine-grained pruning does not round

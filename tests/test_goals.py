@@ -252,6 +252,38 @@ def test_goals_flow_measures_every_model_against_dense_control_and_peer(goals_ru
     assert (run / "figures" / "goals_accuracy_vs_latency.png").stat().st_size > 10_000
 
 
+def test_a_changed_plan_refits_and_retimes_its_models_but_not_the_control(
+    goals_run, tmp_path, jpeg_root, cifar_cache, capfd, monkeypatch
+):
+    """The pruned models keep their file names when the plan changes; their fine-tunes and
+    the timing must follow the models, not the names. The control depends on neither."""
+    import shutil
+
+    from prunelab.app.run import run_recipe
+
+    run, _ = goals_run
+    shutil.copytree(run, tmp_path / "copy")
+    (tmp_path / "r.toml").write_text(GOALS.replace("band = 0.2", "band = 0.1"))
+    fake_latency(monkeypatch)
+    capfd.readouterr()
+    run_recipe(
+        load_recipe(tmp_path / "r.toml"),
+        jpeg_root,
+        out=tmp_path / "copy",
+        cache=cifar_cache,
+        progress=False,
+    )
+    text = "".join(capfd.readouterr())
+    assert "[skip] finetune control seed 0" in text, text
+    for step in (
+        "latency plan batch 1",
+        "finetune guided-b1 seed 0",
+        "finetune peer-b8 seed 1",
+        "latency (interleaved, eager fp32)",
+    ):
+        assert f"[redo] {step}:" in text, (step, text)
+
+
 def test_goals_models_reload_without_flags(goals_run):
     run, _ = goals_run
     for name in ("guided-b1-seed1", "peer-b8-seed0"):

@@ -59,7 +59,7 @@ class ChannelsStudy(Study):
         scan = None
         if "guided" in ch["methods"]:
             scan_path = out / "channels" / "scan.json"
-            self.step(
+            scan_digest = self.step(
                 "channel sensitivity scan",
                 scan_path,
                 lambda: self.channel_scan_to(dense, splits, scan_path, ch),
@@ -72,10 +72,11 @@ class ChannelsStudy(Study):
             )
             scan = json.loads(scan_path.read_text())
         models: dict[str, Path] = {}
+        made: dict[str, str] = {}  # each fine-tuned model's step digest, for the latency step
         rows = []
         for r in ch["ratios"]:
             uniform_path = out / "pruned" / f"uniform-{tag(r)}.pth"
-            self.step(
+            uniform_digest = self.step(
                 f"channels uniform {r:.2f}",
                 uniform_path,
                 lambda r=r, p=uniform_path: self._channels(dense_path, r, p),
@@ -91,17 +92,25 @@ class ChannelsStudy(Study):
             for method in ch["methods"]:
                 name = f"{method}-{tag(r)}"
                 p_path = out / "pruned" / f"{name}.pth"
-                if method == "guided":
+                if method == "uniform":
+                    parent = uniform_digest
+                elif method == "guided":
                     frac = target_macs / dense_macs
-                    self.step(
+                    parent = self.step(
                         f"channels guided {r:.2f}",
                         p_path,
                         lambda f=frac, p=p_path: self._guided(dense_path, dense, scan, f, p),
-                        {"dense": self.dense_digest, "macs": frac, "scan": ch["scan"]},
+                        {
+                            "dense": self.dense_digest,
+                            "macs": frac,
+                            "scan": scan_digest,
+                            "imp": ch["importance"],
+                            "round_to": ch["round_to"],
+                        },
                     )
                 elif method == "fine":
                     s = fine_sparsity(dense, dense_params, target_params)
-                    self.step(
+                    parent = self.step(
                         f"fine-grained {s:.4f}",
                         p_path,
                         lambda s=s, p=p_path: prune_checkpoint(
@@ -117,7 +126,7 @@ class ChannelsStudy(Study):
                 pmodel = self.load(p_path)[0]
                 before = self._evaluated(f"{name}-before", pmodel, splits, r)
                 f_path = out / "finetune" / f"{name}.pth"
-                self.step(
+                made[name] = self.step(
                     f"finetune {name}",
                     f_path,
                     lambda p=p_path, f=f_path, n=name: finetune_checkpoint(
@@ -132,7 +141,12 @@ class ChannelsStudy(Study):
                         cache=self.cache,
                         model=self.user_spec,
                     ),
-                    {"pruned": str(p_path), "ft": ch["finetune"], "data": rec["data"]},
+                    {
+                        "pruned": str(p_path),
+                        "parent": parent,  # a model remade at the same path is fine-tuned again
+                        "ft": ch["finetune"],
+                        "data": rec["data"],
+                    },
                 )
                 fmodel, fck = self.load(f_path)
                 after = self._evaluated(name, fmodel, splits, r)
@@ -140,7 +154,7 @@ class ChannelsStudy(Study):
                 rows.append(
                     self._row(method, r, name, fmodel, fck, before, after, dense_row, f_path)
                 )
-        latency = self._latency(dense_path, models)
+        latency = self._latency(dense_path, models, made)
         for row in rows:
             row.update(latency_columns(latency, row["name"]))
         dense_summary = {
@@ -224,10 +238,17 @@ class ChannelsStudy(Study):
             "file_bytes": self._export_bytes(model, self.out / "export" / f"{name}.plz"),
         }
 
-    def _latency(self, dense_path: Path, models: dict[str, Path]) -> dict[str, Any]:
-        """Dense and every fine-tuned model timed interleaved in one run (eager fp32)."""
+    def _latency(
+        self, dense_path: Path, models: dict[str, Path], made: dict[str, str]
+    ) -> dict[str, Any]:
+        """Dense and every fine-tuned model timed interleaved in one run (eager fp32), keyed
+        by the models' step digests: a model remade at the same path is timed again."""
         lat = self.rec["channels"]["latency"]
-        settings = {"models": {k: str(v) for k, v in models.items()}, "latency": lat}
+        settings = {
+            "dense": self.dense_digest,
+            "models": {k: made[k] for k in models},
+            "latency": lat,
+        }
         return self.timed(
             dense_path,
             models,

@@ -70,6 +70,7 @@ class GoalsStudy(Study):
         )
         scan = json.loads(scan_path.read_text())
         pruned: dict[str, Path] = {}
+        made: dict[str, str] = {}  # each pruned model's step digest: what its children depend on
         plans: dict[str, Any] = {}
         for t in g["targets"]:
             b = t["batch_size"]
@@ -88,7 +89,7 @@ class GoalsStudy(Study):
             )
             plans[f"guided-b{b}"] = json.loads(plan_path.read_text())
             p_path = out / "pruned" / f"guided-b{b}.pth"
-            self.step(
+            made[f"guided-b{b}"] = self.step(
                 f"prune guided batch {b}",
                 p_path,
                 lambda p=p_path, pl=plans[f"guided-b{b}"]: self._prune(dense_path, pl, p),
@@ -98,22 +99,26 @@ class GoalsStudy(Study):
             if g["peer"]:
                 peer_path = out / "pruned" / f"peer-b{b}.pth"
                 macs = plans[f"guided-b{b}"]["macs"]
-                self.step(
+                made[f"peer-b{b}"] = self.step(
                     f"Torch-Pruning uniform at {macs:,} MACs",
                     peer_path,
                     lambda p=peer_path, m=macs: self._peer(dense_path, m, p),
                     {"plan": digest, "macs": macs},
                 )
                 pruned[f"peer-b{b}"] = peer_path
-        latency = self._latency(dense_path, pruned)
+        latency = self._latency(dense_path, pruned, made)
         runs: dict[str, dict[int, Path]] = {}
         if g["control"]:  # first: every accuracy verdict is read against it
             seed = g["seeds"][0]
-            runs["control"] = {seed: self._finetune_seed("control", dense_path, seed, splits, None)}
+            runs["control"] = {
+                seed: self._finetune_seed(
+                    "control", dense_path, self.dense_digest, seed, splits, None
+                )
+            }
         for seed in g["seeds"]:
             for name, p_path in pruned.items():
                 runs.setdefault(name, {})[seed] = self._finetune_seed(
-                    name, p_path, seed, splits, dense_path
+                    name, p_path, made[name], seed, splits, dense_path
                 )
         rows = [self._row("dense", dense_path, {}, splits, latency)]
         for name in runs:
@@ -165,12 +170,17 @@ class GoalsStudy(Study):
         peer, ratio = peer_at_macs(model, macs)
         save_checkpoint(path, peer, {**light(ck["meta"]), **peer_meta(peer, ratio)})
 
-    def _latency(self, dense_path: Path, models: dict[str, Path]) -> dict[str, Any]:
-        """Dense and every pruned model timed interleaved in one run (eager fp32)."""
+    def _latency(
+        self, dense_path: Path, models: dict[str, Path], made: dict[str, str]
+    ) -> dict[str, Any]:
+        """Dense and every pruned model timed interleaved in one run (eager fp32). Keyed by
+        the models' step digests, not their paths: a model remade at the same path is
+        timed again."""
         g = self.rec["goals"]
         sizes = sorted({t["batch_size"] for t in g["targets"]})
         settings = {
-            "models": {k: str(v) for k, v in models.items()},
+            "dense": self.dense_digest,
+            "models": {k: made[k] for k in models},
             "b": sizes,
             "reps": g["reps"],
             "threads": g["threads"],
@@ -180,10 +190,12 @@ class GoalsStudy(Study):
         )
 
     def _finetune_seed(
-        self, name: str, src: Path, seed: int, splits: Any, teacher: Path | None
+        self, name: str, src: Path, parent: str, seed: int, splits: Any, teacher: Path | None
     ) -> Path:
         """One model, one seed. With finetune.distill > 0 every pruned model distils from
-        the dense one (teacher); the control is the dense model itself, trained on labels."""
+        the dense one (teacher); the control is the dense model itself, trained on labels.
+        parent: the digest of the step that made `src`, so a model remade at the same path
+        (another plan, another dense model) is fine-tuned again."""
         cfg = copy.deepcopy(self.rec["goals"]["finetune"])
         cfg.seed = seed
         if teacher is None or not cfg.distill:
@@ -206,7 +218,13 @@ class GoalsStudy(Study):
                 cache=self.cache,
                 model=self.user_spec,
             ),
-            {"src": str(src), "ft": cfg, "data": self.rec["data"]},
+            {
+                "src": str(src),
+                "parent": parent,
+                "dense": self.dense_digest,
+                "ft": cfg,
+                "data": self.rec["data"],
+            },
         )
         return out
 
