@@ -162,7 +162,7 @@ batch_size = 128
 [goals]
 targets = [
     { batch_size = 1, speedup = 1.2, max_drop = 60 },
-    { batch_size = 8, speedup = 1.5, max_drop = 60 },
+    { batch_size = 8, speedup = 1.5, max_drop = 60, round_to = 2 },
 ]
 seeds = [0, 1]
 reps = 3
@@ -190,6 +190,8 @@ distill = 0.5
         (("seeds = [0, 1]", "seeds = [0, 0]"), "distinct seeds"),
         (("reps = 3", "repz = 3"), "did you mean 'goals.reps'"),
         (("step = 0.1", "step = 0"), "goals.step"),
+        (("round_to = 2", "round_to = 0"), "goals.targets\\[1\\].round_to"),
+        (("round_to = 2", "round_to = 2.5"), "goals.targets\\[1\\].round_to"),
         (("step = 0.1", "step = 1"), "goals.step"),
         (("val_size = 200", "val_size = 0"), "data.val_size"),
         (("[goals]", "[prune]\nsparsities = [0.5]\n[goals]"), "not used by a \\[goals\\]"),
@@ -303,6 +305,16 @@ def test_pruned_models_distil_from_dense_and_the_control_learns_from_labels(goal
         u = plan["band"]["uniform_ratio"]
         assert all(u - 0.3 - 1e-9 < r < u + 0.3 + 1e-9 for r in plan["plan"].values())
         assert all(abs(r * 10 - round(r * 10)) < 1e-9 for r in plan["plan"].values())
+
+
+def test_a_target_can_round_its_channel_counts_its_own_way(goals_run):
+    run, res = goals_run
+    b1, b8 = res["plans"]["guided-b1"], res["plans"]["guided-b8"]
+    assert b1["round_to"] is None and b8["round_to"] == 2
+    kept = load_model(run / "pruned" / "guided-b8.pth")[1]["meta"]["kept_channels"]
+    assert kept == b8["channels"] and all(c % 2 == 0 for c in kept.values())
+    report = (run / "report.md").read_text()
+    assert "rounded per batch size: not rounded at batch 1, multiples of 2 at batch 8" in report
 
 
 def test_recalibrate_bn_sets_running_stats_to_the_calibration_images():

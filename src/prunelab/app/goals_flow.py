@@ -46,6 +46,11 @@ from .study import Study, recovery_settings
 PLAN_KEYS = ("importance", "round_to", "max_ratio", "threads", "band", "step")
 
 
+def plan_options(g: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    """The PLAN_KEYS settings for one target: [goals]'s, with the target's own round_to."""
+    return {k: target.get(k, g[k]) if k == "round_to" else g[k] for k in PLAN_KEYS}
+
+
 class GoalsStudy(Study):
     """The [goals] benchmark as resumable steps on the recipe's dense model."""
 
@@ -79,7 +84,7 @@ class GoalsStudy(Study):
                 "scan": scan_digest,
                 "speedup": t["speedup"] * g["margin"],
                 "b": b,
-                **{k: g[k] for k in PLAN_KEYS},
+                **plan_options(g, t),
             }
             digest = self.step(
                 f"latency plan batch {b}",
@@ -148,14 +153,14 @@ class GoalsStudy(Study):
             scan,
             t["speedup"] * g["margin"],
             batch_size=t["batch_size"],
-            **{k: g[k] for k in PLAN_KEYS},
+            **plan_options(g, t),
         )
 
     def _prune(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
         g = self.rec["goals"]
         model, ck = self.load(dense_path)
         kept = prune_channels(
-            model, plan["plan"], importance=g["importance"], round_to=g["round_to"]
+            model, plan["plan"], importance=g["importance"], round_to=plan["round_to"]
         )
         meta = {
             **light(ck["meta"]),
@@ -402,7 +407,7 @@ def goals_report(r: dict[str, Any]) -> str:
             if g.get("band") is not None
             else ""
         )
-        + (f"; channel counts in multiples of {g['round_to']}" if g.get("round_to") else ""),
+        + _rounding(g),
         "- latency: every model timed in one interleaved run before fine-tuning (shapes, not "
         "weights, set the time), eager PyTorch fp32, BatchNorm folded",
         "",
@@ -443,3 +448,14 @@ def goals_report(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _rounding(g: dict[str, Any]) -> str:
+    """The report's words for the channel rounding, per target where they differ."""
+    per = {t["batch_size"]: t.get("round_to", g.get("round_to")) for t in g["targets"]}
+    if len(set(per.values())) == 1:
+        n = next(iter(per.values()))
+        return f"; channel counts in multiples of {n}" if n else ""
+    return "; channel counts rounded per batch size: " + ", ".join(
+        (f"multiples of {n}" if n else "not rounded") + f" at batch {b}" for b, n in per.items()
+    )
