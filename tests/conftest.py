@@ -1,5 +1,7 @@
 """Shared fixtures: the real CIFAR-10 JPEG tree (skipped when absent), decoded once per session."""
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,26 @@ def cifar_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cifar(jpeg_root: Path, cifar_cache: Path) -> CIFAR10:
     """The real data set, decoded once (~5 s) and cached for the session."""
     return load_cifar10(jpeg_root, cache=cifar_cache)
+
+
+@pytest.fixture
+def rerun_copy(tmp_path, jpeg_root, cifar_cache, capfd) -> Callable[[Path, str], str]:
+    """rerun(run, recipe_text): run a recipe on a copy of a finished run folder and return
+    what it printed ([skip]/[redo]/[step] lines), to check what a rerun redoes."""
+    from prunelab.app.recipes import load_recipe
+    from prunelab.app.run import run_recipe
+
+    def rerun(run: Path, recipe: str) -> str:
+        shutil.copytree(run, tmp_path / "copy")
+        (tmp_path / "r.toml").write_text(recipe)
+        capfd.readouterr()
+        run_recipe(
+            load_recipe(tmp_path / "r.toml"),
+            jpeg_root,
+            out=tmp_path / "copy",
+            cache=cifar_cache,
+            progress=False,
+        )
+        return "".join(capfd.readouterr())
+
+    return rerun

@@ -70,17 +70,9 @@ def test_every_method_is_measured_beside_dense(result):
     assert latency["baseline"] == "dense" and len(latency["rows"]) == 4 * 2
 
 
-def test_a_copied_run_folder_redoes_nothing(result, tmp_path, jpeg_root, cifar_cache, capfd):
+def test_a_copied_run_folder_redoes_nothing(result, rerun_copy):
     """Steps record paths inside the run folder relative to it, so a copy resumes as is."""
-    import shutil
-
-    run, _ = result
-    shutil.copytree(run, tmp_path / "copy")
-    rec = load_recipe(run.parent / "r.toml")
-    capfd.readouterr()
-    run_recipe(rec, jpeg_root, out=tmp_path / "copy", cache=cifar_cache, progress=False)
-    log = capfd.readouterr()
-    text = log.out + log.err
+    text = rerun_copy(result[0], RECIPE)
     assert "[skip] finetune" in text and "[step]" not in text and "[redo]" not in text, text
 
 
@@ -100,27 +92,12 @@ def test_channel_pruned_models_reload_without_flags(result):
     assert model.backbone.conv0.out_channels == 4  # 8 channels at width 0.125, half kept
 
 
-def test_a_model_remade_at_the_same_path_is_fine_tuned_and_timed_again(
-    result, tmp_path, jpeg_root, cifar_cache, capfd
-):
+def test_a_model_remade_at_the_same_path_is_fine_tuned_and_timed_again(result, rerun_copy):
     """A changed pruning step (here the channel rounding) remakes the pruned models under
     the same file names: everything made from them must be redone, not skipped by name."""
-    import shutil
-
-    run, _ = result
-    shutil.copytree(run, tmp_path / "copy")
-    (tmp_path / "r.toml").write_text(
-        RECIPE.replace('importance = "l2"', 'importance = "l2"\nround_to = 2')
+    text = rerun_copy(
+        result[0], RECIPE.replace('importance = "l2"', 'importance = "l2"\nround_to = 2')
     )
-    capfd.readouterr()
-    run_recipe(
-        load_recipe(tmp_path / "r.toml"),
-        jpeg_root,
-        out=tmp_path / "copy",
-        cache=cifar_cache,
-        progress=False,
-    )
-    text = "".join(capfd.readouterr())
     for step in (
         "channels uniform 0.50",
         "finetune uniform-s0.50",

@@ -288,27 +288,12 @@ def test_goals_flow_measures_every_model_against_dense_control_and_peer(goals_ru
 
 
 def test_a_changed_plan_refits_and_retimes_its_models_but_not_the_control(
-    goals_run, tmp_path, jpeg_root, cifar_cache, capfd, monkeypatch
+    goals_run, rerun_copy, monkeypatch
 ):
     """The pruned models keep their file names when the plan changes; their fine-tunes and
     the timing must follow the models, not the names. The control depends on neither."""
-    import shutil
-
-    from prunelab.app.run import run_recipe
-
-    run, _ = goals_run
-    shutil.copytree(run, tmp_path / "copy")
-    (tmp_path / "r.toml").write_text(GOALS.replace("band = 0.2", "band = 0.1"))
     fake_latency(monkeypatch)
-    capfd.readouterr()
-    run_recipe(
-        load_recipe(tmp_path / "r.toml"),
-        jpeg_root,
-        out=tmp_path / "copy",
-        cache=cifar_cache,
-        progress=False,
-    )
-    text = "".join(capfd.readouterr())
+    text = rerun_copy(goals_run[0], GOALS.replace("band = 0.2", "band = 0.1"))
     assert "[skip] finetune control seed 0" in text, text
     for step in (
         "latency plan batch 1",

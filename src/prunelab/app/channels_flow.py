@@ -71,8 +71,7 @@ class ChannelsStudy(Study):
                 },
             )
             scan = json.loads(scan_path.read_text())
-        models: dict[str, Path] = {}
-        made: dict[str, str] = {}  # each fine-tuned model's step digest, for the latency step
+        models: dict[str, tuple[Path, str]] = {}  # name -> (fine-tuned model, its step digest)
         rows = []
         for r in ch["ratios"]:
             uniform_path = out / "pruned" / f"uniform-{tag(r)}.pth"
@@ -126,7 +125,7 @@ class ChannelsStudy(Study):
                 pmodel = self.load(p_path)[0]
                 before = self._evaluated(f"{name}-before", pmodel, splits, r)
                 f_path = out / "finetune" / f"{name}.pth"
-                made[name] = self.step(
+                digest = self.step(
                     f"finetune {name}",
                     f_path,
                     lambda p=p_path, f=f_path, n=name: finetune_checkpoint(
@@ -150,11 +149,11 @@ class ChannelsStudy(Study):
                 )
                 fmodel, fck = self.load(f_path)
                 after = self._evaluated(name, fmodel, splits, r)
-                models[name] = f_path
+                models[name] = f_path, digest
                 rows.append(
                     self._row(method, r, name, fmodel, fck, before, after, dense_row, f_path)
                 )
-        latency = self._latency(dense_path, models, made)
+        latency = self._latency(dense_path, models)
         for row in rows:
             row.update(latency_columns(latency, row["name"]))
         dense_summary = {
@@ -238,21 +237,14 @@ class ChannelsStudy(Study):
             "file_bytes": self._export_bytes(model, self.out / "export" / f"{name}.plz"),
         }
 
-    def _latency(
-        self, dense_path: Path, models: dict[str, Path], made: dict[str, str]
-    ) -> dict[str, Any]:
-        """Dense and every fine-tuned model timed interleaved in one run (eager fp32), keyed
-        by the models' step digests: a model remade at the same path is timed again."""
+    def _latency(self, dense_path: Path, models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
+        """Dense and every fine-tuned model {name: (checkpoint, step digest)} timed
+        interleaved in one run (eager fp32)."""
         lat = self.rec["channels"]["latency"]
-        settings = {
-            "dense": self.dense_digest,
-            "models": {k: made[k] for k in models},
-            "latency": lat,
-        }
         return self.timed(
             dense_path,
             models,
-            settings,
+            {"latency": lat},
             batch_sizes=tuple(lat["batch_sizes"]),
             threads=lat["threads"],
             reps=lat["reps"],

@@ -48,7 +48,7 @@ PLAN_KEYS = ("importance", "round_to", "max_ratio", "threads", "band", "step")
 
 def plan_options(g: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
     """The PLAN_KEYS settings for one target: [goals]'s, with the target's own round_to."""
-    return {k: target.get(k, g[k]) if k == "round_to" else g[k] for k in PLAN_KEYS}
+    return {**{k: g[k] for k in PLAN_KEYS}, "round_to": target.get("round_to", g["round_to"])}
 
 
 class GoalsStudy(Study):
@@ -74,8 +74,8 @@ class GoalsStudy(Study):
             },
         )
         scan = json.loads(scan_path.read_text())
-        pruned: dict[str, Path] = {}
-        made: dict[str, str] = {}  # each pruned model's step digest: what its children depend on
+        # name -> (checkpoint, digest of the step that made it: what its children depend on)
+        pruned: dict[str, tuple[Path, str]] = {}
         plans: dict[str, Any] = {}
         for t in g["targets"]:
             b = t["batch_size"]
@@ -94,24 +94,28 @@ class GoalsStudy(Study):
             )
             plans[f"guided-b{b}"] = json.loads(plan_path.read_text())
             p_path = out / "pruned" / f"guided-b{b}.pth"
-            made[f"guided-b{b}"] = self.step(
-                f"prune guided batch {b}",
+            pruned[f"guided-b{b}"] = (
                 p_path,
-                lambda p=p_path, pl=plans[f"guided-b{b}"]: self._prune(dense_path, pl, p),
-                {"plan": digest},
+                self.step(
+                    f"prune guided batch {b}",
+                    p_path,
+                    lambda p=p_path, pl=plans[f"guided-b{b}"]: self._prune(dense_path, pl, p),
+                    {"plan": digest},
+                ),
             )
-            pruned[f"guided-b{b}"] = p_path
             if g["peer"]:
                 peer_path = out / "pruned" / f"peer-b{b}.pth"
                 macs = plans[f"guided-b{b}"]["macs"]
-                made[f"peer-b{b}"] = self.step(
-                    f"Torch-Pruning uniform at {macs:,} MACs",
+                pruned[f"peer-b{b}"] = (
                     peer_path,
-                    lambda p=peer_path, m=macs: self._peer(dense_path, m, p),
-                    {"plan": digest, "macs": macs},
+                    self.step(
+                        f"Torch-Pruning uniform at {macs:,} MACs",
+                        peer_path,
+                        lambda p=peer_path, m=macs: self._peer(dense_path, m, p),
+                        {"plan": digest, "macs": macs},
+                    ),
                 )
-                pruned[f"peer-b{b}"] = peer_path
-        latency = self._latency(dense_path, pruned, made)
+        latency = self._latency(dense_path, pruned)
         runs: dict[str, dict[int, Path]] = {}
         if g["control"]:  # first: every accuracy verdict is read against it
             seed = g["seeds"][0]
@@ -121,13 +125,13 @@ class GoalsStudy(Study):
                 )
             }
         for seed in g["seeds"]:
-            for name, p_path in pruned.items():
+            for name, (p_path, digest) in pruned.items():
                 runs.setdefault(name, {})[seed] = self._finetune_seed(
-                    name, p_path, made[name], seed, splits, dense_path
+                    name, p_path, digest, seed, splits, dense_path
                 )
         rows = [self._row("dense", dense_path, {}, splits, latency)]
         for name in runs:
-            src = dense_path if name == "control" else pruned[name]
+            src = dense_path if name == "control" else pruned[name][0]
             rows.append(self._row(name, src, runs[name], splits, latency))
         results = {
             **self.results_head(dense, dense_ckpt, splits),
@@ -175,17 +179,12 @@ class GoalsStudy(Study):
         peer, ratio = peer_at_macs(model, macs)
         save_checkpoint(path, peer, {**light(ck["meta"]), **peer_meta(peer, ratio)})
 
-    def _latency(
-        self, dense_path: Path, models: dict[str, Path], made: dict[str, str]
-    ) -> dict[str, Any]:
-        """Dense and every pruned model timed interleaved in one run (eager fp32). Keyed by
-        the models' step digests, not their paths: a model remade at the same path is
-        timed again."""
+    def _latency(self, dense_path: Path, models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
+        """Dense and every pruned model {name: (checkpoint, step digest)} timed interleaved
+        in one run (eager fp32)."""
         g = self.rec["goals"]
         sizes = sorted({t["batch_size"] for t in g["targets"]})
         settings = {
-            "dense": self.dense_digest,
-            "models": {k: made[k] for k in models},
             "b": sizes,
             "reps": g["reps"],
             "threads": g["threads"],

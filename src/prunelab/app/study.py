@@ -328,16 +328,27 @@ class Study:
     ) -> dict[str, Any]:
         """Dense and every pruned model timed (batch 1 and 64): what fine-grained masks do to
         speed, measured rather than said."""
-        settings = {"dense": self.dense_digest, "pruned": {k: d for k, (_, d) in pruned.items()}}
-        models = {k: p for k, (p, _) in pruned.items()}
-        return self.timed(dense_path, models, settings, batch_sizes=(1, 64))
+        return self.timed(dense_path, pruned, {}, key="pruned", batch_sizes=(1, 64))
 
     def timed(
-        self, dense_path: Path, models: dict[str, Path], settings: dict[str, Any], **kw: Any
+        self,
+        dense_path: Path,
+        models: dict[str, tuple[Path, str]],
+        settings: dict[str, Any],
+        key: str = "models",
+        **kw: Any,
     ) -> dict[str, Any]:
-        """The step writing latency.json: the dense model and `models` (checkpoints this run
-        wrote) timed interleaved in one run by prunelab.latency.measure_latency(**kw)."""
+        """The step writing latency.json: the dense model and `models` {name: (checkpoint
+        this run wrote, digest of the step that wrote it)} timed interleaved in one run by
+        prunelab.latency.measure_latency(**kw). The step's settings name the models by
+        their digests (under `key`), not their paths: a model remade at the same path is
+        timed again."""
         path = self.out / "latency.json"
+        settings = {
+            **settings,
+            "dense": self.dense_digest,
+            key: {k: d for k, (_, d) in models.items()},
+        }
         self.step(
             "latency (interleaved, eager fp32)",
             path,
@@ -345,7 +356,7 @@ class Study:
                 path,
                 measure_latency(
                     {"dense": self.load(dense_path)[0]}
-                    | {k: self.load(v)[0] for k, v in models.items()},
+                    | {k: self.load(p)[0] for k, (p, _) in models.items()},
                     **kw,
                 ),
             ),
