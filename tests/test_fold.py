@@ -88,17 +88,36 @@ def test_evaluate_folds_by_default_and_can_run_the_model_as_is(cifar):
     torch.manual_seed(0)
     model = calibrate(VGG(width=0.25), cifar.train_x[:256])
     x, y = subset(cifar.test_x, cifar.test_y, 300, seed=1)
-    hits = []
-    hook = model.backbone[1].register_forward_hook(lambda *_: hits.append(1))
+    bn_calls = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, *_: bn_calls.append(1) if isinstance(m, nn.BatchNorm2d) else None
+    )
     try:
         folded = evaluate(model, x, y, batch_size=150)
-        assert hits == []  # the model's own BatchNorm never ran: a folded copy did
+        checked = len(bn_calls)  # the fold is verified once on unfolded BatchNorms
         plain = evaluate(model, x, y, batch_size=150, fold_bn=False)
-        assert len(hits) == 2
+        assert len(bn_calls) - checked == 2 * 8  # two batches through 8 BatchNorms
+        assert checked <= 8  # not per batch: a folded copy did the work
     finally:
         hook.remove()
     assert torch.equal(folded["predictions"], plain["predictions"])
     assert remaining_batchnorms(model) == 8
+
+
+def test_a_pair_with_a_forward_hook_is_not_folded_so_the_hook_still_acts(cifar):
+    torch.manual_seed(0)
+    model = calibrate(VGG(width=0.25), cifar.train_x[:256])
+    x, y = subset(cifar.test_x, cifar.test_y, 300, seed=1)
+    clean = evaluate(model, x, y, batch_size=150)["predictions"]
+    hook = model.backbone[4].register_forward_hook(lambda m, i, o: o * 0.5)  # changes layer 1
+    try:
+        assert remaining_batchnorms(fold_batchnorm(model)) == 1
+        folded = evaluate(model, x, y, batch_size=150)["predictions"]
+        plain = evaluate(model, x, y, batch_size=150, fold_bn=False)["predictions"]
+    finally:
+        hook.remove()
+    assert torch.equal(folded, plain)
+    assert not torch.equal(folded, clean)  # the hook mattered, and folding kept it
 
 
 # --- any model: true pairs only, verified ------------------------------------------------------

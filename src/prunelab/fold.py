@@ -8,8 +8,9 @@ model to fp32 rounding (argmax flips only on near-exact ties).
 
 Which pairs are true is read from the model's `torch.fx` graph, not from module order: a BN
 whose only input is a conv's output, that output used by nothing else, neither module called
-twice or registered twice, no parameter shared. (Pairing neighbours of an nn.Sequential is
-wrong for a forward that adds a residual between them or reuses a conv.) The folded copy is
+twice or registered twice, no parameter shared, no forward hook on either (folding would drop
+it). (Pairing neighbours of an nn.Sequential is wrong for a forward that adds a residual
+between them or reuses a conv.) The folded copy is
 then checked against the unfolded one on one batch before it is used; when the graph cannot be
 traced or the check fails, the caller gets an unfolded copy and one warning.
 
@@ -114,9 +115,17 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
             and bn.running_mean is not None
             and bn.running_var is not None
             and conv.out_channels == bn.num_features
+            and not _hooked(conv)
+            and not _hooked(bn)
         ):
             pairs.append((src.target, node.target))
     return pairs
+
+
+def _hooked(module: nn.Module) -> bool:
+    """A forward hook may change what the module returns (a channel fade does): folding would
+    replace the module and silently drop it, so a hooked pair stays as it is."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
