@@ -12,7 +12,9 @@ from prunelab.app.peer import peer_at_macs, torch_pruning_uniform
 from prunelab.app.recipes import load_recipe
 from prunelab.channels import channel_groups, prune_channels
 from prunelab.channels import latency_plan as lp
+from prunelab.channels import widen as widen_mod
 from prunelab.channels.plans import LatencyCost, _convex, macs_target_plan
+from prunelab.channels.surgery import kept_channels
 from prunelab.errors import PlanError, RecipeError
 from prunelab.models import build_model, load_model, save_checkpoint
 
@@ -59,6 +61,7 @@ def fake_latency(monkeypatch, slow=1.0):
         return {n: v / 1e6 for n, v in count_macs(model)["per_layer"].items()}
 
     monkeypatch.setattr(lp, "measure_latency", measure)
+    monkeypatch.setattr(widen_mod, "measure_latency", measure)
     monkeypatch.setattr(lp, "layer_latency", layers)
 
 
@@ -194,7 +197,7 @@ batch_size = 128
 
 [goals]
 targets = [
-    { batch_size = 1, speedup = 1.2, max_drop = 60 },
+    { batch_size = 1, speedup = 1.2, max_drop = 60, widen = 2 },
     { batch_size = 8, speedup = 1.5, max_drop = 60, round_to = 2 },
 ]
 seeds = [0, 1]
@@ -218,7 +221,8 @@ distill = 0.5
     "edit, match",
     [
         (("speedup = 1.2", "speedup = 1.0"), "goals.targets\\[0\\].speedup"),
-        (("speedup = 1.2, max_drop = 60", "speedup = 1.2"), "batch_size, speedup and max_drop"),
+        (("speedup = 1.2, max_drop = 60,", "speedup = 1.2,"), "batch_size, speedup and max_drop"),
+        (("widen = 2", "widen = -1"), "goals.targets\\[0\\].widen"),
         (("batch_size = 8", "batch_size = 1"), "one target per batch size"),
         (("seeds = [0, 1]", "seeds = [0, 0]"), "distinct seeds"),
         (("reps = 3", "repz = 3"), "did you mean 'goals.reps'"),
@@ -321,8 +325,9 @@ def test_pruned_models_distil_from_dense_and_the_control_learns_from_labels(goal
     for b in (1, 8):  # the plans kept every group near the uniform ratio, on the recipe's grid
         plan = res["plans"][f"guided-b{b}"]
         u = plan["band"]["uniform_ratio"]
-        assert all(u - 0.3 - 1e-9 < r < u + 0.3 + 1e-9 for r in plan["plan"].values())
-        assert all(abs(r * 10 - round(r * 10)) < 1e-9 for r in plan["plan"].values())
+        ratios = plan.get("plan_before_widening", plan["plan"]).values()
+        assert all(u - 0.3 - 1e-9 < r < u + 0.3 + 1e-9 for r in ratios)
+        assert all(abs(r * 10 - round(r * 10)) < 1e-9 for r in ratios)
 
 
 def test_a_target_can_round_its_channel_counts_its_own_way(goals_run):
@@ -333,6 +338,25 @@ def test_a_target_can_round_its_channel_counts_its_own_way(goals_run):
     assert kept == b8["channels"] and all(c % 2 == 0 for c in kept.values())
     report = (run / "report.md").read_text()
     assert "rounded per batch size: not rounded at batch 1, multiples of 2 at batch 8" in report
+
+
+def test_a_target_can_widen_its_plan_where_the_measured_speedup_allows(goals_run):
+    run, res = goals_run
+    b1, b8 = res["plans"]["guided-b1"], res["plans"]["guided-b8"]
+    assert "widened" not in b8
+    assert b1["widened"], "the MACs clock leaves room: some group must have been widened"
+    dense = load_model(run / "dense" / "model.pth")[0]
+    full = {n: g["channels"] for n, g in channel_groups(dense).items()}
+    before = {n: kept_channels(full[n], r) for n, r in b1["plan_before_widening"].items()}
+    after = b1["channels"]
+    assert all(after[n] >= before[n] for n in before) and after != before  # only wider
+    assert b1["measured_speedup"] >= b1["speedup_target"]
+    assert all(r["measured_speedup"] >= b1["speedup_target"] for r in b1["widened"])
+    last = b1["widened"][-1]
+    assert b1["channels"][last["group"]] == last["channels"]
+    kept = load_model(run / "pruned" / "guided-b1.pth")[1]["meta"]["kept_channels"]
+    assert kept == b1["channels"]
+    assert "then at batch 1 groups widened again" in (run / "report.md").read_text()
 
 
 def test_recalibrate_bn_sets_running_stats_to_the_calibration_images():

@@ -29,6 +29,8 @@ TARGET_FIELDS = {
     # optional: this target's channel rounding instead of [goals] round_to (the counts a
     # kernel runs fastest with differ by batch size: measured, README)
     "round_to": integer(1),
+    # optional: this target's widening (prunelab.channels.widen) instead of [goals] widen
+    "widen": integer(0),
 }
 REQUIRED_TARGET_FIELDS = ("batch_size", "speedup", "max_drop")
 GOALS_FIELDS = {
@@ -42,6 +44,7 @@ GOALS_FIELDS = {
     "max_ratio": number(0, 1, lo_open=True),
     "band": number(0, 1, hi_open=True),
     "step": number(0, 1, lo_open=True),
+    "widen": integer(0),
     "scan": ANY,
     "finetune": ANY,
     "reps": integer(1),
@@ -104,6 +107,7 @@ def parse_goals(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str
         "max_ratio": raw.get("max_ratio", 0.8),
         "band": raw.get("band"),
         "step": raw.get("step", 0.05),
+        "widen": raw.get("widen", 0),
         "scan": scan,
         "finetune": cfg,
         "reps": raw.get("reps", 30),

@@ -18,10 +18,12 @@ from typing import Any
 
 from torch import nn
 
+from ..accounting import count_macs
 from ..errors import PlanError
 from ..latency import cpu_name, layer_latency, measure_latency
 from .plans import LatencyCost, macs_target_plan
 from .surgery import graph_of, prune_in_place
+from .widen import widen_plan
 
 
 def latency_target_plan(
@@ -39,6 +41,7 @@ def latency_target_plan(
     band: float | None = None,
     step: float = 0.05,
     confirm: bool = True,
+    widen: int = 0,
 ) -> dict[str, Any]:
     """The scan-guided plan whose pruned model measures at least `speedup` x faster than the
     dense one at `batch_size` (eager fp32, BN folded), pruning no more than needed: attempts
@@ -46,11 +49,15 @@ def latency_target_plan(
     attempt that reached it is kept, else the fastest ("reached": False). band: as for
     macs_target_plan (each group within that distance of the uniform ratio); step: the
     plan's ratio grid, as for macs_target_plan. confirm: time an attempt that reaches the
-    goal once more and take the lower speed-up.
+    goal once more and take the lower speed-up. widen > 0: then give back, one group at a
+    time, channels that keep the measured speed-up (prunelab.channels.widen; up to `widen`
+    rounding steps per move).
 
     Returns macs_target_plan's result plus "speedup_target", "batch_size", "measured_speedup",
     "attempts" [{fraction, macs, measured_speedup, timings}] and "layer_timings"
-    (timings: every speed-up measured for the attempt; measured_speedup is their minimum).
+    (timings: every speed-up measured for the attempt; measured_speedup is their minimum),
+    and with widen, "widened" (the rounds of prunelab.channels.widen.widen_plan) and, when
+    a round kept a wider group, "plan_before_widening".
     """
     if not (isinstance(speedup, int | float) and speedup > 1):
         raise PlanError(f"speedup must be a number > 1, got {speedup!r}")
@@ -99,6 +106,31 @@ def latency_target_plan(
             1.0, fraction * got / speedup
         )  # the measured miss, taken off (or given back to) the target
     got, res = best
+    if widen and got >= speedup:
+        wide = widen_plan(
+            model,
+            res["plan"],
+            speedup,
+            batch_size=batch_size,
+            importance=importance,
+            round_to=round_to,
+            max_steps=widen,
+            threads=threads,
+            reps=reps,
+        )
+        if wide["rounds"]:
+            got = wide["rounds"][-1]["measured_speedup"]
+            pruned = copy.deepcopy(model)
+            channels = prune_in_place(pruned, wide["plan"], importance, round_to)
+            macs = int(count_macs(pruned)["total"])
+            res.update(
+                plan_before_widening=res["plan"],
+                plan=wide["plan"],
+                channels=channels,
+                macs=macs,
+                macs_fraction=macs / res["dense_macs"],
+            )
+        res["widened"] = wide["rounds"]
     res.update(
         {
             "speedup_target": speedup,

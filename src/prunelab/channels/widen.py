@@ -1,0 +1,111 @@
+"""Give a plan back the channels that cost no time: widen groups while the measured speed-up
+holds.
+
+Latency is not monotone in channel counts. In eager PyTorch on CPU a batch-1 convolution
+whose input holds at most 20,480 values runs PyTorch's own im2col kernel instead of oneDNN's
+(a size rule in ATen's ConvParams::use_mkldnn), and on the 2-core dev machine that kernel is
+up to 1.8x slower for the mid-size layers of a pruned VGG (README). Widening the layer that
+feeds such a convolution past the rule can make the whole model faster, with more channels.
+A planner that only ever removes channels, ranking moves by predicted time, cannot find these
+points; timing candidate widenings can. Each round times every group widened by 1..max_steps
+rounding steps, interleaved with the dense model in one run, and keeps the fitting candidate
+that adds the most parameters (capacity is what the accuracy needs); a kept candidate is timed
+once more and counts by the slower timing, as latency_target_plan's attempts do.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from ..latency import measure_latency
+from .surgery import graph_of, kept_channels, prune_in_place
+
+
+def widen_plan(
+    model: nn.Module,
+    plan: dict[str, float],
+    speedup: float,
+    batch_size: int = 1,
+    importance: str = "l2",
+    round_to: int | None = None,
+    max_steps: int = 4,
+    threads: int | None = None,
+    reps: int = 20,
+    max_rounds: int = 32,
+) -> dict[str, Any]:
+    """Widen `plan` ({group: ratio}) one group at a time, by 1..max_steps multiples of
+    round_to (single channels without it), while the pruned model measures at least `speedup` x
+    faster than `model` at `batch_size`. Returns {"plan": widened ratios, "counts",
+    "rounds": [{group, channels, measured_speedup, timings, candidates}]}; the plan is
+    unchanged when no widening fits."""
+    graph = graph_of(model)
+    full = {n: g.channels for n, g in graph.groups.items()}
+    counts = {n: kept_channels(full[n], r, round_to) for n, r in plan.items()}
+    step = round_to or 1
+    rounds: list[dict[str, Any]] = []
+    for _ in range(max_rounds):
+        cands = {
+            (n, counts[n] + k * step): {**counts, n: counts[n] + k * step}
+            for n in counts
+            for k in range(1, max_steps + 1)
+            if counts[n] + k * step <= full[n]
+        }
+        if not cands:
+            break
+        models = {f"{n}={c}": _pruned(model, full, cs, importance) for (n, c), cs in cands.items()}
+        base = _params(_pruned(model, full, counts, importance))
+        timed = measure_latency(
+            {"dense": model, **models}, batch_sizes=[batch_size], threads=threads, reps=reps
+        )
+        fits = [
+            (_params(models[f"{n}={c}"]) - base, -c, n, c, _speedup(timed, f"{n}={c}"))
+            for (n, c) in cands
+            if _speedup(timed, f"{n}={c}") >= speedup
+        ]
+        kept = None
+        for _added, _, n, c, first in sorted(fits, reverse=True):
+            again = measure_latency(
+                {"dense": model, "pruned": models[f"{n}={c}"]},
+                batch_sizes=[batch_size],
+                threads=threads,
+                reps=reps,
+            )
+            timings = [first, _speedup(again, "pruned")]
+            if min(timings) >= speedup:
+                kept = (n, c, timings)
+                break
+        if kept is None:
+            break
+        n, c, timings = kept
+        counts[n] = c
+        rounds.append(
+            {
+                "group": n,
+                "channels": c,
+                "measured_speedup": min(timings),
+                "timings": timings,
+                "candidates": len(cands),
+            }
+        )
+    ratios = {n: 1 - counts[n] / full[n] for n in counts}
+    for n, r in ratios.items():  # the ratios must give back exactly these counts
+        assert kept_channels(full[n], r, round_to) == counts[n], (n, r, counts[n])
+    return {"plan": ratios, "counts": counts, "rounds": rounds}
+
+
+def _pruned(model: nn.Module, full: dict[str, int], counts: dict[str, int], imp: str) -> nn.Module:
+    m = copy.deepcopy(model)
+    prune_in_place(m, {n: 1 - c / full[n] for n, c in counts.items()}, imp)
+    return m
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _speedup(result: dict[str, Any], name: str) -> float:
+    ms = {r["model"]: r["median_ms"] for r in result["rows"]}
+    return ms["dense"] / ms[name]
