@@ -77,4 +77,6 @@ def test_a_plan_with_no_room_is_returned_unchanged(vgg, monkeypatch):
     plan = dict.fromkeys(NAMES, 0.5)
     got = widen_plan(vgg, plan, _speedup(vgg, plan, False), round_to=8)
     assert got["rounds"] == []
+    assert got["stopped"]["reason"] == "no candidate kept the speed-up"
+    assert got["stopped"]["measured_speedup"] < _speedup(vgg, plan, False)
     assert got["counts"] == {n: vgg.get_submodule(n).out_channels // 2 for n in NAMES}

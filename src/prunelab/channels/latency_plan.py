@@ -56,8 +56,8 @@ def latency_target_plan(
     Returns macs_target_plan's result plus "speedup_target", "batch_size", "measured_speedup",
     "attempts" [{fraction, macs, measured_speedup, timings}] and "layer_timings"
     (timings: every speed-up measured for the attempt; measured_speedup is their minimum),
-    and with widen, "widened" (the rounds of prunelab.channels.widen.widen_plan) and, when
-    a round kept a wider group, "plan_before_widening".
+    and with widen, "widened" and "widening_stopped" (prunelab.channels.widen.widen_plan's
+    rounds and why it stopped) and, when a round kept a wider group, "plan_before_widening".
     """
     if not (isinstance(speedup, int | float) and speedup > 1):
         raise PlanError(f"speedup must be a number > 1, got {speedup!r}")
@@ -131,6 +131,7 @@ def latency_target_plan(
                 macs_fraction=macs / res["dense_macs"],
             )
         res["widened"] = wide["rounds"]
+        res["widening_stopped"] = wide["stopped"]
     res.update(
         {
             "speedup_target": speedup,

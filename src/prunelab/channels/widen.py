@@ -39,13 +39,15 @@ def widen_plan(
     """Widen `plan` ({group: ratio}) one group at a time, by 1..max_steps multiples of
     round_to (single channels without it), while the pruned model measures at least `speedup` x
     faster than `model` at `batch_size`. Returns {"plan": widened ratios, "counts",
-    "rounds": [{group, channels, measured_speedup, timings, candidates}]}; the plan is
-    unchanged when no widening fits."""
+    "rounds": [{group, channels, measured_speedup, timings, candidates}], "stopped": why the
+    search ended (with the fastest candidate of the last round and its speed-up)}; the plan
+    is unchanged when no widening fits."""
     graph = graph_of(model)
     full = {n: g.channels for n, g in graph.groups.items()}
     counts = {n: kept_channels(full[n], r, round_to) for n, r in plan.items()}
     step = round_to or 1
     rounds: list[dict[str, Any]] = []
+    stopped: dict[str, Any] = {"reason": f"{max_rounds} rounds"}
     for _ in range(max_rounds):
         cands = {
             (n, counts[n] + k * step): {**counts, n: counts[n] + k * step}
@@ -54,6 +56,7 @@ def widen_plan(
             if counts[n] + k * step <= full[n]
         }
         if not cands:
+            stopped = {"reason": "every group at full width"}
             break
         models = {f"{n}={c}": _pruned(model, full, cs, importance) for (n, c), cs in cands.items()}
         base = _params(_pruned(model, full, counts, importance))
@@ -78,6 +81,13 @@ def widen_plan(
                 kept = (n, c, timings)
                 break
         if kept is None:
+            fastest = max(cands, key=lambda nc: _speedup(timed, f"{nc[0]}={nc[1]}"))
+            stopped = {
+                "reason": "no candidate kept the speed-up",
+                "fastest": {"group": fastest[0], "channels": fastest[1]},
+                "measured_speedup": _speedup(timed, f"{fastest[0]}={fastest[1]}"),
+                "candidates": len(cands),
+            }
             break
         n, c, timings = kept
         counts[n] = c
@@ -93,7 +103,7 @@ def widen_plan(
     ratios = {n: 1 - counts[n] / full[n] for n in counts}
     for n, r in ratios.items():  # the ratios must give back exactly these counts
         assert kept_channels(full[n], r, round_to) == counts[n], (n, r, counts[n])
-    return {"plan": ratios, "counts": counts, "rounds": rounds}
+    return {"plan": ratios, "counts": counts, "rounds": rounds, "stopped": stopped}
 
 
 def _pruned(model: nn.Module, full: dict[str, int], counts: dict[str, int], imp: str) -> nn.Module:
