@@ -156,9 +156,12 @@ def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache):
     u = got["band"]["uniform_ratio"]
     assert got["macs_fraction"] <= 0.6 and got["band"]["width"] == 0.1
     assert all(u - 0.15 < r < u + 0.15 for r in got["plan"].values())
-    assert main([*plan, "--latency", "0.8", "--out", str(lat_plan)]) == 0  # fmt: skip
+    assert main([*plan, "--macs", "0.6", "--widen", "1", "--out", str(d / "no.json")]) == 2
+    assert not (d / "no.json").exists()
+    assert main([*plan, "--latency", "0.8", "--widen", "1", "--out", str(lat_plan)]) == 0
     lat = json.loads(lat_plan.read_text())
     assert lat["speedup_target"] == pytest.approx(1.25) and lat["attempts"]
+    assert isinstance(lat["widened"], list) and lat["widening_stopped"]["reason"]
     assert lat["layer_timings"]["layer_ms"] and lat["layer_timings"]["dense_ms"] > 0
     assert main(["prune", str(d / "small.pth"), "--channel-plan", str(lat_plan),
                  "--out", str(d / "lat-pruned.pth")]) == 0  # fmt: skip

@@ -522,6 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reaching the same target, e.g. 0.1 (the scan then tilts a uniform plan; without "
         "it, plans far from uniform fine-tuned worse than uniform in our measurements)",
     )
+    s.add_argument(
+        "--widen",
+        type=count,
+        default=0,
+        help="--latency: then widen layers again, up to N rounding steps per move, while the "
+        "measured speed-up holds (batch-1 latency is not monotone in channel counts; default 0)",
+    )
     _scope_opt(s)
     s.add_argument("--out", default="plan.json", help="plan JSON for `prunelab prune --plan`")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")

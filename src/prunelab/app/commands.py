@@ -412,6 +412,8 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
 
     if (args.macs is None) == (args.latency is None):
         raise PrunelabError("with --channel-scan give exactly one of --macs F or --latency F")
+    if args.widen and args.latency is None:
+        raise PrunelabError("--widen times its candidates: it needs --latency F, not --macs")
     try:
         scan = json.loads(Path(args.channel_scan).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -426,6 +428,7 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
             round_to=args.round_to,
             threads=args.threads,
             band=args.band,
+            widen=args.widen,
         )
         if not result["reached"]:
             print(
