@@ -28,10 +28,18 @@ def _fake_ms(model: nn.Module, rule: bool) -> float:
     return 1.0 + sum(cost)
 
 
-def _fake_measure(rule: bool):
+def _fake_measure(rule: bool, crowd: float = 1.0):
+    """crowd: how much slower every pruned model times among more than two models (colder
+    caches), as measured on the dev machine at batch 64."""
+
     def measure(models, batch_sizes, **_kw):
+        slow = crowd if len(models) > 2 else 1.0
         rows = [
-            {"model": n, "batch_size": batch_sizes[0], "median_ms": _fake_ms(m, rule)}
+            {
+                "model": n,
+                "batch_size": batch_sizes[0],
+                "median_ms": _fake_ms(m, rule) * (1.0 if n == "dense" else slow),
+            }
             for n, m in models.items()
         ]
         return {"rows": rows}
@@ -51,9 +59,9 @@ def vgg() -> nn.Module:
     return VGG(width=0.25).eval()  # 16/32/64/64/128/128/128/128 channels
 
 
-@pytest.mark.parametrize("rule", [True, False])
-def test_widening_keeps_the_speedup_and_leaves_no_fitting_move(vgg, monkeypatch, rule):
-    monkeypatch.setattr(widen_mod, "measure_latency", _fake_measure(rule))
+@pytest.mark.parametrize("rule, crowd", [(True, 1.0), (False, 1.0), (True, 1.2)])
+def test_widening_keeps_the_speedup_and_leaves_no_fitting_move(vgg, monkeypatch, rule, crowd):
+    monkeypatch.setattr(widen_mod, "measure_latency", _fake_measure(rule, crowd))
     plan = dict.fromkeys(NAMES, 0.5)
     goal = _speedup(vgg, plan, rule) * 0.97
     got = widen_plan(vgg, plan, goal, round_to=8, max_steps=3)
@@ -78,5 +86,5 @@ def test_a_plan_with_no_room_is_returned_unchanged(vgg, monkeypatch):
     got = widen_plan(vgg, plan, _speedup(vgg, plan, False), round_to=8)
     assert got["rounds"] == []
     assert got["stopped"]["reason"] == "no candidate kept the speed-up"
-    assert got["stopped"]["measured_speedup"] < _speedup(vgg, plan, False)
+    assert got["stopped"]["estimated_speedup"] < _speedup(vgg, plan, False)
     assert got["counts"] == {n: vgg.get_submodule(n).out_channels // 2 for n in NAMES}
