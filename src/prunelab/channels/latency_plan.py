@@ -132,6 +132,9 @@ def latency_target_plan(
             )
         res["widened"] = wide["rounds"]
         res["widening_stopped"] = wide["stopped"]
+    elif widen:
+        res["widened"] = []
+        res["widening_stopped"] = {"reason": "the plan did not reach the speed-up: no room"}
     res.update(
         {
             "speedup_target": speedup,
