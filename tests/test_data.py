@@ -24,6 +24,7 @@ from prunelab.data import (
     subset,
     to_float,
 )
+from prunelab.data.cache import INDEX
 from prunelab.errors import DataError
 
 # --- official python batches, written in the real format -------------------------------------
@@ -221,7 +222,8 @@ def _no_decoding(self, paths):
 
 
 def cache_files(cache: Path) -> list[Path]:
-    return sorted(p for p in cache.rglob("*") if p.is_file())
+    """The decoded copies (and any stray file), not the index naming the current ones."""
+    return sorted(p for p in cache.rglob("*") if p.is_file() and p.name != INDEX)
 
 
 def test_second_load_comes_from_cache(tmp_path, monkeypatch):

@@ -56,7 +56,9 @@ def refusal(root: Path, **kw) -> str:
 
 
 def cache_files(tmp_path: Path) -> list[Path]:
-    return sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    """The decoded copies (and any stray file), not the index naming the current ones."""
+    files = (tmp_path / "cache").rglob("*")
+    return sorted(p for p in files if p.is_file() and p.name != cache_mod.INDEX)
 
 
 def test_three_class_rgb_tree_of_40px_pngs(tmp_path):
@@ -168,6 +170,36 @@ def test_image_size_is_part_of_the_cache_key(tmp_path):
     assert a.image_shape == (3, 40, 40) and b.image_shape == (3, 20, 20)
     assert len(cache_files(tmp_path)) == 2
     assert load(tmp_path / "tree", image_size=20).fingerprint() == b.fingerprint()
+
+
+def test_a_touched_tree_replaces_its_decoded_copy_instead_of_adding_one(tmp_path):
+    expected = write_tree(tmp_path / "tree")
+    load(tmp_path / "tree", image_size=20)  # another decoding of the same folder: kept
+    first = load(tmp_path / "tree")
+    files = cache_files(tmp_path)
+    assert len(files) == 2
+    later = os.stat(tmp_path / "tree" / "train" / "ant" / "0.png").st_mtime_ns + 10**9
+    os.utime(tmp_path / "tree" / "train" / "ant" / "0.png", ns=(later, later))
+    again = load(tmp_path / "tree")  # a new key (mtimes are part of it): decoded again
+    now = cache_files(tmp_path)
+    assert len(now) == 2 and set(now) != set(files)  # the stale copy went, the 20 px one stayed
+    assert again.fingerprint() == first.fingerprint()
+    assert np.array_equal(again.train_x.numpy(), expected["train_x"])
+    assert load(tmp_path / "tree", image_size=20).image_shape == (3, 20, 20)
+    assert len(cache_files(tmp_path)) == 2  # read from its copy, not decoded again
+
+
+def test_the_cache_index_never_deletes_what_it_does_not_name(tmp_path):
+    write_tree(tmp_path / "tree")
+    (tmp_path / "keep.npys").write_text("not ours")
+    load(tmp_path / "tree")
+    index_path = tmp_path / "cache" / "data" / cache_mod.INDEX
+    index = json.loads(index_path.read_text())
+    index = dict.fromkeys(index, "../../keep.npys")  # a damaged or hostile index
+    index_path.write_text(json.dumps(index))
+    os.utime(tmp_path / "tree" / "test" / "bee" / "1.png", ns=(10**18, 10**18))
+    load(tmp_path / "tree")
+    assert (tmp_path / "keep.npys").read_text() == "not ours"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .cache import CACHE_MAGIC, read_cache, write_cache
+from .cache import CACHE_MAGIC, read_cache, replace_older_copy, write_cache
 from .cifar import CLASSES, default_data_root
 from .dataset import ImageData, one_line, show
 from .decode import Decoder
@@ -143,6 +143,8 @@ def load_tree(
         source = f"{show(root)} (image folders)"
         try:
             write_cache(path, arrays, notes)
+            slot = f"{root.resolve()} image_size={image_size} channels={channels}"
+            replace_older_copy(path, slot)
         except OSError as e:
             warnings.warn(f"could not cache decoded images in {show(path)}: {e}", stacklevel=3)
     t = [torch.from_numpy(a) for a in arrays]
