@@ -23,7 +23,7 @@ from ..errors import PlanError
 from ..latency import cpu_name, layer_latency, measure_latency
 from .plans import LatencyCost, macs_target_plan
 from .surgery import graph_of, prune_in_place
-from .widen import widen_plan
+from .widen import pair_speedups, widen_plan
 
 
 def latency_target_plan(
@@ -62,10 +62,10 @@ def latency_target_plan(
     if not (isinstance(speedup, int | float) and speedup > 1):
         raise PlanError(f"speedup must be a number > 1, got {speedup!r}")
     layer_ms = layer_latency(model, batch_size=batch_size, threads=threads, reps=reps)
-    dense_ms = _median(
-        measure_latency({"dense": model}, batch_sizes=[batch_size], threads=threads, reps=reps),
-        "dense",
+    dense_timed = measure_latency(
+        {"dense": model}, batch_sizes=[batch_size], threads=threads, reps=reps
     )
+    dense_ms = _median(dense_timed, "dense")
     cost = LatencyCost(model, layer_ms, dense_ms, graph_of(model), round_to)
     fraction, tried, best = 1.0 / speedup, [], None
     for _ in range(attempts):
@@ -87,13 +87,15 @@ def latency_target_plan(
             break  # a corrected target beyond reach: keep the best attempt so far
         pruned = copy.deepcopy(model)
         prune_in_place(pruned, res["plan"], importance, round_to)
-        pair = {"dense": model, "pruned": pruned}
-        timings = []
-        for _ in range(2 if confirm else 1):
-            timed = measure_latency(pair, batch_sizes=[batch_size], threads=threads, reps=reps)
-            timings.append(_median(timed, "dense") / _median(timed, "pruned"))
-            if timings[-1] < speedup:
-                break  # a miss needs no second opinion
+        timings = pair_speedups(
+            model,
+            pruned,
+            speedup,
+            batch_size=batch_size,
+            threads=threads,
+            reps=reps,
+            confirm=confirm,
+        )
         got = min(timings)
         tried.append(
             {"fraction": fraction, "macs": res["macs"], "measured_speedup": got, "timings": timings}
@@ -146,7 +148,7 @@ def latency_target_plan(
                 "layer_ms": layer_ms,
                 "dense_ms": dense_ms,
                 "batch_size": batch_size,
-                "threads": timed["settings"]["threads"],
+                "threads": dense_timed["settings"]["threads"],
                 "cpu": cpu_name(),
                 "rule": "a layer's time scales with its kept output and input fractions; "
                 "the rest of the forward is fixed (LatencyCost); each attempt timed, "
