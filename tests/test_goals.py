@@ -309,6 +309,22 @@ def test_a_changed_plan_refits_and_retimes_its_models_but_not_the_control(
         assert f"[redo] {step}:" in text, (step, text)
 
 
+def test_a_plan_remade_the_same_keeps_its_pruned_models_and_their_fine_tunes(
+    goals_run, rerun_copy, monkeypatch
+):
+    """A plan setting that changes nothing the plan says (a looser cap than any group
+    reaches) remakes the plans, but the pruned models are keyed by the plans' content: they,
+    their fine-tunes and the timing are kept."""
+    fake_latency(monkeypatch)
+    text = rerun_copy(goals_run[0], GOALS.replace("band = 0.2", "band = 0.2\nmax_ratio = 0.9"))
+    for b in (1, 8):
+        assert f"[redo] latency plan batch {b}:" in text, text
+        assert f"[skip] prune guided batch {b}" in text, text
+    for step in ("finetune guided-b1 seed 0", "finetune peer-b8 seed 1", "latency"):
+        assert f"[skip] {step}" in text, (step, text)
+    assert text.count("[step]") == 2, text  # the two plans, and nothing else
+
+
 def test_goals_models_reload_without_flags(goals_run):
     run, _ = goals_run
     for name in ("guided-b1-seed1", "peer-b8-seed0"):

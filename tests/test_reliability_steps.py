@@ -182,3 +182,24 @@ def test_a_stopped_steps_state_is_resumed_only_under_the_settings_it_started_wit
     # a: other settings, the state was discarded; b: the same, it was there to resume from
     assert seen == [False, False, False, True]
     assert "[redo] a: its stopped state was made with other settings" in capfd.readouterr().out
+
+
+def test_a_step_made_under_its_older_key_is_kept_and_keeps_its_digest(tmp_path):
+    """A step whose key changed (`older`: what it was keyed by before) skips an output made
+    under the old key and returns the old digest, which its children were made with."""
+    from prunelab.app.study import Study
+
+    study = Study({}, None, tmp_path, None, torch.device("cpu"), progress=False)
+    out, runs = tmp_path / "p.pth", []
+
+    def make():
+        runs.append(1)
+        out.write_text("pruned")
+
+    first = study.step("prune", out, make, {"plan": "abc"})
+    kept = study.step("prune", out, make, {"channels": [4, 8]}, older={"plan": "abc"})
+    assert runs == [1] and kept == first
+    redone = study.step("prune", out, make, {"channels": [4, 8]}, older={"plan": "other"})
+    assert runs == [1, 1] and redone != first
+    again = study.step("prune", out, make, {"channels": [4, 8]}, older={"plan": "other"})
+    assert runs == [1, 1] and again == redone

@@ -99,25 +99,36 @@ class GoalsStudy(Study):
             )
             plans[f"guided-b{b}"] = json.loads(plan_path.read_text())
             p_path = out / "pruned" / f"guided-b{b}.pth"
+            # the pruned models are keyed by what the plan says, not by how it was made: a
+            # plan remade with other settings but the same ratios (a widening that found no
+            # room) leaves them, and the hours of fine-tuning below them, as they are
+            plan = plans[f"guided-b{b}"]
             pruned[f"guided-b{b}"] = (
                 p_path,
                 self.step(
                     f"prune guided batch {b}",
                     p_path,
-                    lambda p=p_path, pl=plans[f"guided-b{b}"]: self._prune(dense_path, pl, p),
-                    {"plan": digest},
+                    lambda p=p_path, pl=plan: self._prune(dense_path, pl, p),
+                    {
+                        "dense": self.dense_digest,
+                        "plan": plan["plan"],
+                        "round_to": plan["round_to"],
+                        "imp": g["importance"],
+                    },
+                    older={"plan": digest},
                 ),
             )
             if g["peer"]:
                 peer_path = out / "pruned" / f"peer-b{b}.pth"
-                macs = plans[f"guided-b{b}"]["macs"]
+                macs = plan["macs"]
                 pruned[f"peer-b{b}"] = (
                     peer_path,
                     self.step(
                         f"Torch-Pruning uniform at {macs:,} MACs",
                         peer_path,
                         lambda p=peer_path, m=macs: self._peer(dense_path, m, p),
-                        {"plan": digest, "macs": macs},
+                        {"dense": self.dense_digest, "macs": macs},
+                        older={"plan": digest, "macs": macs},
                     ),
                 )
         latency = self._latency(dense_path, pruned)

@@ -74,19 +74,30 @@ class Study:
         """Whether a training step for `output` was stopped and left a state to resume from."""
         return state_path_for(output).exists()
 
-    def step(self, name: str, output: Path, fn: Callable[[], Any], settings: dict[str, Any]) -> str:
+    def step(
+        self,
+        name: str,
+        output: Path,
+        fn: Callable[[], Any],
+        settings: dict[str, Any],
+        older: dict[str, Any] | None = None,
+    ) -> str:
         """Run `fn` unless `output` exists and was made with the same `settings`; time it.
 
         Each output has a `<output>.settings.json` beside it; a step whose settings changed
         is redone, saying so. Returns the settings' digest, which child steps include in
-        theirs, so editing a parent step redoes everything made from it."""
-        legacy = settings_digest(settings)
+        theirs, so editing a parent step redoes everything made from it. `older`: the
+        settings an earlier prunelab keyed this step by, still accepted, so that changing
+        a step's key does not redo the run folders made before."""
+        accepted = {settings_digest(settings)}
+        if older is not None:
+            accepted |= {settings_digest(older), settings_digest(run_relative(older, self.out))}
         settings = run_relative(settings, self.out)
         digest = settings_digest(settings)
         record = output.with_name(output.name + ".settings.json")
         old = json.loads(record.read_text()) if record.exists() else None
         # records made before settings named paths relative to the run folder still match
-        same = old is not None and old.get("digest") in (digest, legacy)
+        same = old is not None and old.get("digest") in accepted | {digest}
         if output.exists() and not self.fresh:
             if same:
                 tqdm.write(f"[skip] {name}: {output} exists, same settings")
