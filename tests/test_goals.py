@@ -278,6 +278,8 @@ def test_goals_flow_measures_every_model_against_dense_control_and_peer(goals_ru
         )
         for r in (ours, peer):
             assert r["latency_ms_b1"] > 0 and r["latency_ms_b8"] > 0
+            assert 0 < r["file_bytes"] < rows["dense"]["file_bytes"]
+            assert (run / "export" / f"{r['name']}.plz").stat().st_size == r["file_bytes"]
     for v in res["verdicts"]:
         ours = rows[f"guided-b{v['batch_size']}"]
         assert v["speedup"] == ours[f"speedup_b{v['batch_size']}"]
@@ -288,6 +290,8 @@ def test_goals_flow_measures_every_model_against_dense_control_and_peer(goals_ru
         assert v["peer_macs_ratio"] == pytest.approx(peer["macs"] / ours["macs"])
     report = (run / "report.md").read_text()
     assert "## Goals" in report and "Torch-Pruning uniform" in report
+    dense_kib = f"| {rows['dense']['file_bytes'] / 1024:.1f} |"
+    assert "| export KiB |" in report and dense_kib in report
     assert f"at {res['verdicts'][0]['peer_macs_ratio']:.3f}x prunelab's MACs" in report
     assert (run / "figures" / "goals_accuracy_vs_latency.png").stat().st_size > 10_000
 

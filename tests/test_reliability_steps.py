@@ -203,3 +203,17 @@ def test_a_step_made_under_its_older_key_is_kept_and_keeps_its_digest(tmp_path):
     assert runs == [1, 1] and redone != first
     again = study.step("prune", out, make, {"channels": [4, 8]}, older={"plan": "other"})
     assert runs == [1, 1] and again == redone
+
+
+def test_export_size_follows_the_model_not_the_file_name(tmp_path):
+    """A model remade under the same name (another plan) is reported at its own size, not
+    at the size of the export an earlier run left there."""
+    from prunelab.app.study import Study
+    from prunelab.models import build_model
+
+    study = Study({}, None, tmp_path, None, torch.device("cpu"), progress=False)
+    path = tmp_path / "export" / "guided.plz"
+    wide, slim = build_model("vgg", {"width": 0.25}), build_model("vgg", {"width": 0.125})
+    first = study.export_bytes(wide, path)
+    second = study.export_bytes(slim, path)
+    assert second < first and path.stat().st_size == second

@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 
 from ..accounting import count_macs, count_params
 from ..channels import macs_target_plan, prune_channels
-from ..export import export_compressed
 from ..fileio import atomic_path, write_json, write_text
 from ..latency_report import format_latency_table
 from ..models import save_checkpoint
@@ -165,7 +164,7 @@ class ChannelsStudy(Study):
             "macs": dense_macs,
             "accuracy_before": dense_row["accuracy"],
             "accuracy_after": dense_row["accuracy"],
-            "file_bytes": self._export_bytes(dense, out / "export" / "dense.plz"),
+            "file_bytes": self.export_bytes(dense, out / "export" / "dense.plz"),
             **latency_columns(latency, "dense"),
         }
         results = {
@@ -214,11 +213,6 @@ class ChannelsStudy(Study):
         }
         save_checkpoint(path, model, meta)
 
-    def _export_bytes(self, model: Any, path: Path) -> int:
-        if not path.exists():
-            export_compressed(model, path, arch=getattr(model, "prunelab_arch", None))
-        return path.stat().st_size
-
     def _row(self, method, r, name, model, ck, before, after, dense_row, f_path) -> dict:
         rep = sparsity_report(model, macs=False)
         return {
@@ -234,7 +228,7 @@ class ChannelsStudy(Study):
             "accuracy_after": after["accuracy"],
             "delta_dense": after["accuracy"] - dense_row["accuracy"],
             "history": ck["meta"].get("history"),
-            "file_bytes": self._export_bytes(model, self.out / "export" / f"{name}.plz"),
+            "file_bytes": self.export_bytes(model, self.out / "export" / f"{name}.plz"),
         }
 
     def _latency(self, dense_path: Path, models: dict[str, tuple[Path, str]]) -> dict[str, Any]:

@@ -256,6 +256,7 @@ class GoalsStudy(Study):
             "name": name,
             "params": count_params(model),
             "macs": count_macs(model)["total"],
+            "file_bytes": self.export_bytes(model, self.out / "export" / f"{name}.plz"),
             "accuracy_before": self._accuracy(name + "-before", src, splits),
             "accuracy_after": {  # recorded by finetune_checkpoint: no model to rebuild
                 s: read_checkpoint(p, self.cache)["meta"]["test_accuracy"] for s, p in runs.items()
@@ -427,16 +428,17 @@ def goals_report(r: dict[str, Any]) -> str:
         "- latency: every model timed in one interleaved run before fine-tuning (shapes, not "
         "weights, set the time), eager PyTorch fp32, BatchNorm folded",
         "",
-        "| model | params | MACs | "
+        "| model | params | MACs | export KiB | "
         + " | ".join(f"batch-{b} ms | speed-up b{b}" for b in sizes)
         + " | before FT % | after FT % (per seed) | mean % |",
-        "|---|---:|---:|" + "---:|---:|" * len(sizes) + "---:|---|---:|",
+        "|---|---:|---:|---:|" + "---:|---:|" * len(sizes) + "---:|---|---:|",
     ]
     for x in r["rows"]:
         lat = " | ".join(f"{x[f'latency_ms_b{b}']:.2f} | {x[f'speedup_b{b}']:.2f}x" for b in sizes)
         per_seed = ", ".join(f"{100 * a:.2f}" for a in x["accuracy_after"].values()) or "-"
         lines.append(
-            f"| {label(x['name'])} | {x['params']:,} | {x['macs']:,} | {lat} | "
+            f"| {label(x['name'])} | {x['params']:,} | {x['macs']:,} | "
+            f"{x['file_bytes'] / 1024:.1f} | {lat} | "
             f"{100 * x['accuracy_before']:.2f} | {per_seed} | {100 * x['accuracy_mean']:.2f} |"
         )
     lines += ["", "## Goals", ""]

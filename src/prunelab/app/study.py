@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..channels import channel_scan
 from ..data import subset
 from ..errors import PrunelabError
+from ..export import export_compressed
 from ..fileio import write_json
 from ..latency import measure_latency
 from ..models import load_model, save_checkpoint
@@ -129,6 +130,11 @@ class Study:
         if not output.exists():
             raise PrunelabError(f"step {name} finished without writing {output}")
         return digest
+
+    def export_bytes(self, model: Any, path: Path) -> int:
+        """The size of `model` in prunelab's compact export, written to `path` every time: a
+        model remade under the same name must not be reported at its old size."""
+        return export_compressed(model, path, arch=getattr(model, "prunelab_arch", None))["bytes"]
 
     def load(self, path: Path | str) -> tuple[Any, dict[str, Any]]:
         """Read back a model this run wrote (a user's module:factory is named by the recipe)."""
