@@ -280,7 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="write the report here")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
 
-    s = _command(sub, "prune", commands.prune, "magnitude-prune a checkpoint to a sparsity or plan")
+    s = _command(
+        sub,
+        "prune",
+        commands.prune,
+        "zero the smallest weights (a sparsity or plan), or remove whole channels (--channels)",
+    )
     _checkpoint(s, "dense checkpoint to prune (file or URL)")
     s.add_argument(
         "--sparsity",
@@ -325,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
 
     s = _command(
-        sub, "sensitivity", commands.sensitivity, "per-layer sensitivity scan (CSV, JSON, figures)"
+        sub,
+        "sensitivity",
+        commands.sensitivity,
+        "per-layer sensitivity scan of weights or channels (CSV, JSON, figures)",
     )
     _checkpoint(s)
     _data_opts(s)
@@ -371,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = _command(
-        sub, "finetune", commands.finetune, "fine-tune a pruned model; pruned weights stay zero"
+        sub,
+        "finetune",
+        commands.finetune,
+        "fine-tune a pruned model (zeroed weights stay zero), optionally distilling",
     )
     _checkpoint(s, "a pruned checkpoint (with masks), or a dense one with --sparsity/--plan")
     s.add_argument(
@@ -438,7 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
 
-    s = _command(sub, "plan", commands.plan, "per-layer sparsities reaching a target, from a scan")
+    s = _command(
+        sub,
+        "plan",
+        commands.plan,
+        "per-layer sparsities or channel ratios reaching a sparsity, MACs or latency target",
+    )
     _checkpoint(s, "the dense checkpoint the plan is for")
     s.add_argument(
         "--scan",
