@@ -33,6 +33,30 @@ def test_latency_times_dense_and_model_in_one_run(cks, capsys):
     assert result["baseline"] == "dense" and "median" in printed
 
 
+def test_latency_layers_names_each_layers_kernel_beside_the_dense_one(cks, capsys):
+    out = cks / "layers.json"
+    argv = ["latency", str(cks / "narrow.pth"), "--dense", str(cks / "dense.pth"), "--layers"]
+    assert (
+        main([*argv, "--batch-size", "1", "--reps", "3", "--warmup", "1", "--json", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    layers = json.loads(out.read_text())["layers"]
+    narrow, dense = layers["1"]["narrow"], layers["1"]["dense"]
+    assert list(narrow) == list(dense) and "backbone.conv7" in narrow
+    for name, row in narrow.items():
+        assert row["kernel"] in ("oneDNN", "ATen im2col", "BLAS addmm"), (name, row)
+        assert row["macs"] < dense[name]["macs"] and row["ms"] > 0
+        assert f"| {name} | {row['macs']:,} | {row['kernel']} |" in printed
+    assert "| dense kernel |" in printed
+
+
+def test_latency_layers_refuses_bf16(cks, capsys):
+    out = cks / "refused.json"
+    assert main(["latency", str(cks / "narrow.pth"), "--layers", "--bf16", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--layers" in err and "Traceback" not in err and not out.exists()
+
+
 def test_latency_refuses_bad_batch_sizes(cks, capsys):
     with pytest.raises(SystemExit) as e:
         main(["latency", str(cks / "narrow.pth"), "--batch-size", "0"])

@@ -63,3 +63,37 @@ def format_latency_table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"_{settings_line(result.get('settings', {}))}_")
     return "\n".join(lines) + "\n"
+
+
+def format_layer_table(view: dict[str, Any], batch_size: int) -> str:
+    """Markdown: each conv/Linear layer's MACs, kernel and time at one batch size, for every
+    model of a kernels.layer_breakdown result, beside the baseline's same-named layer."""
+    models = view[str(batch_size)]
+    base = view["baseline"]
+    others = [n for n in models if n != base] or [base]
+    lines = []
+    for name in others:
+        rows, ref = models[name], models[base] if name != base else None
+        head = "| layer | MACs | kernel | ms |"
+        rule = "|---|---:|---|---:|"
+        if ref is not None:
+            head += f" {base} MACs | {base} kernel | {base} ms | speed-up |"
+            rule += "---:|---|---:|---:|"
+        lines += [f"{name}, batch {batch_size}:", "", head, rule]
+        for layer, r in rows.items():
+            line = f"| {layer} | {r['macs']:,} | {r['kernel']} | {_num(r['ms'], 3)} |"
+            if ref is not None:
+                d = ref.get(layer)
+                if d is None:
+                    line += " | | | |"
+                else:
+                    x = d["ms"] / r["ms"] if r["ms"] > 0 else float("nan")
+                    line += f" {d['macs']:,} | {d['kernel']} | {_num(d['ms'], 3)} | {_num(x)}x |"
+            lines.append(line)
+        lines.append("")
+    lines.append(
+        "_per-layer times are medians read by hooks around each layer (each model timed on its "
+        "own, BatchNorm folded): they leave out activations and pooling and sum to less than "
+        "the whole forward; kernels as torch.profiler names them_"
+    )
+    return "\n".join(lines) + "\n"

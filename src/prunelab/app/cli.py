@@ -613,6 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time BatchNorm as a separate layer (default: folded, as prunelab evaluates)",
     )
+    s.add_argument(
+        "--layers",
+        action="store_true",
+        help="also time every conv and Linear layer and name the kernel PyTorch runs it on "
+        "(oneDNN, ATen im2col, ...), beside the dense model's same layer: why a pruned model "
+        "is or is not faster (CPU, fp32)",
+    )
     s.add_argument("--json", default=None, help="write every timing and the settings here")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
 

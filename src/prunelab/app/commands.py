@@ -513,6 +513,8 @@ def latency(args: argparse.Namespace) -> int:
     from ..models import load_model
 
     check_out(args.json)
+    if args.layers and (device(args).type != "cpu" or args.bf16):
+        raise PrunelabError("--layers times and profiles on the CPU in fp32: drop --device/--bf16")
     models = {}
     if args.dense:
         models["dense"] = load_model(args.dense, **{**load_args(args), "model_args": None})[0]
@@ -528,6 +530,21 @@ def latency(args: argparse.Namespace) -> int:
         fold_bn=not args.no_fold_bn,
     )
     print(format_latency_table(result))
+    if args.layers:
+        from ..kernels import layer_breakdown
+        from ..latency_report import format_layer_table
+
+        view = layer_breakdown(
+            models,
+            batch_sizes=args.batch_size,
+            threads=args.threads,
+            reps=args.reps,
+            warmup=args.warmup,
+            fold_bn=not args.no_fold_bn,
+        )
+        for b in args.batch_size:
+            print(format_layer_table(view, b))
+        result = {**result, "layers": view}
     if args.json:
         write_json(args.json, result)
     return 0
