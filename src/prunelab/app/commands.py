@@ -519,29 +519,20 @@ def latency(args: argparse.Namespace) -> int:
     if args.dense:
         models["dense"] = load_model(args.dense, **{**load_args(args), "model_args": None})[0]
     models[Path(args.checkpoint).stem] = load(args)[0]
-    result = measure_latency(
-        models,
-        batch_sizes=args.batch_size,
-        threads=args.threads,
-        reps=args.reps,
-        warmup=args.warmup,
-        device=device(args),
-        bf16=args.bf16,
-        fold_bn=not args.no_fold_bn,
-    )
+    timing = {
+        "batch_sizes": args.batch_size,
+        "threads": args.threads,
+        "reps": args.reps,
+        "warmup": args.warmup,
+        "fold_bn": not args.no_fold_bn,
+    }
+    result = measure_latency(models, device=device(args), bf16=args.bf16, **timing)
     print(format_latency_table(result))
     if args.layers:
         from ..kernels import layer_breakdown
         from ..latency_report import format_layer_table
 
-        view = layer_breakdown(
-            models,
-            batch_sizes=args.batch_size,
-            threads=args.threads,
-            reps=args.reps,
-            warmup=args.warmup,
-            fold_bn=not args.no_fold_bn,
-        )
+        view = layer_breakdown(models, **timing)
         for b in args.batch_size:
             print(format_layer_table(view, b))
         result = {**result, "layers": view}
