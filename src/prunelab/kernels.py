@@ -117,11 +117,13 @@ def layer_breakdown(
     from .latency import layer_latency
 
     out: dict[str, Any] = {"baseline": next(iter(models)), "batch_sizes": list(batch_sizes)}
+    shapes = {name: checked_input_shape(m, input_shape) for name, m in models.items()}
+    # MACs per image do not depend on the batch size: traced once per model
+    per_layer = {name: count_macs(m, shapes[name])["per_layer"] for name, m in models.items()}
     for b in batch_sizes:
         per_model = {}
         for name, model in models.items():
-            shape = checked_input_shape(model, input_shape)
-            macs = count_macs(model, shape)["per_layer"]
+            shape, macs = shapes[name], per_layer[name]
             ms = layer_latency(
                 model,
                 shape,
