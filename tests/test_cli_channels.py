@@ -163,6 +163,20 @@ def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache):
     assert lat["speedup_target"] == pytest.approx(1.25) and lat["attempts"]
     assert isinstance(lat["widened"], list) and lat["widening_stopped"]["reason"]
     assert lat["layer_timings"]["layer_ms"] and lat["layer_timings"]["dense_ms"] > 0
+    again = d / "again.json"  # made again from its own timings: the same plan, nothing timed
+    replay = [*plan, "--latency", "0.8", "--widen", "1", "--timings", str(lat_plan)]
+    assert main([*replay, "--out", str(again)]) == 0
+    same = json.loads(again.read_text())
+    assert same["plan"] == lat["plan"] and same["channels"] == lat["channels"]
+    assert same["timing_log"]["timed"] == 0
+    assert same["timing_log"]["reused"] == lat["timing_log"]["timed"]
+    for bad in (
+        [*plan, "--macs", "0.6", "--timings", str(lat_plan)],  # --timings needs --latency
+        [*plan, "--latency", "0.8", "--timings", str(macs_plan)],  # a plan without timings
+        [*replay, "--latency-batch-size", "2"],  # timed at batch 1
+    ):
+        assert main([*bad, "--out", str(d / "bad.json")]) == 2
+        assert not (d / "bad.json").exists()
     assert main(["prune", str(d / "small.pth"), "--channel-plan", str(lat_plan),
                  "--out", str(d / "lat-pruned.pth")]) == 0  # fmt: skip
     model, ck = load_model(d / "lat-pruned.pth")

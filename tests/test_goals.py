@@ -2,6 +2,7 @@
 the Torch-Pruning peer saved as a prunelab checkpoint, the [goals] recipe and its flow."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -136,6 +137,76 @@ def test_latency_plan_reports_a_goal_it_cannot_reach(monkeypatch):
         lp.latency_target_plan(m, flat_scan(m), 50.0, max_ratio=0.5)
     with pytest.raises(PlanError, match="speedup"):
         lp.latency_target_plan(m, flat_scan(m), 1.0)
+
+
+def noisy_latency(monkeypatch, seed):
+    """Time = MACs, each timing off by up to 10 % at random, as on a shared CPU: two searches
+    from the same scan can end on different plans."""
+    rng = np.random.default_rng(seed)
+
+    def measure(models, batch_sizes, threads=None, reps=20):
+        rows = [
+            {
+                "model": name,
+                "batch_size": batch_sizes[0],
+                "median_ms": count_macs(m)["total"] / 1e6 * rng.uniform(0.9, 1.1),
+            }
+            for name, m in models.items()
+        ]
+        return {"rows": rows, "settings": {"threads": 1}}
+
+    def layers(model, batch_size=1, threads=None, reps=20):
+        return {
+            n: v / 1e6 * rng.uniform(0.9, 1.1) for n, v in count_macs(model)["per_layer"].items()
+        }
+
+    monkeypatch.setattr(lp, "measure_latency", measure)
+    monkeypatch.setattr(widen_mod, "measure_latency", measure)
+    monkeypatch.setattr(lp, "layer_latency", layers)
+
+
+def no_clock(monkeypatch):
+    def timed(*_a, **_kw):
+        raise AssertionError("timed although the log holds this timing")
+
+    for mod, name in (
+        (lp, "measure_latency"),
+        (widen_mod, "measure_latency"),
+        (lp, "layer_latency"),
+    ):
+        monkeypatch.setattr(mod, name, timed)
+
+
+def test_a_latency_plan_made_again_from_its_timing_log_times_nothing_and_is_the_same(monkeypatch):
+    m = vgg()
+    noisy_latency(monkeypatch, seed=1)
+    first = lp.latency_target_plan(m, flat_scan(m), 2.0, widen=1)
+    log = json.loads(json.dumps(first["timing_log"]))  # as read back from the plan file
+    assert log["timed"] >= 4 and log["reused"] == 0
+    assert any(k.startswith("crowd ") for k in log["entries"])  # widening's joint timings too
+    no_clock(monkeypatch)
+    again = lp.latency_target_plan(m, flat_scan(m), 2.0, widen=1, timings=log)
+    for key in ("plan", "channels", "macs", "measured_speedup", "attempts", "widened"):
+        assert again[key] == first[key], key
+    assert again["timing_log"]["timed"] == 0
+    assert again["timing_log"]["reused"] == log["timed"]
+    assert again["timing_log"]["entries"] == log["entries"]
+
+
+def test_a_changed_search_reuses_the_timings_it_shares_and_times_the_rest(monkeypatch):
+    m = vgg()
+    noisy_latency(monkeypatch, seed=2)
+    log = lp.latency_target_plan(m, flat_scan(m), 2.0)["timing_log"]
+    noisy_latency(monkeypatch, seed=3)
+    monkeypatch.setattr(lp, "layer_latency", lambda *a, **k: pytest.fail("layers timed again"))
+    other = lp.latency_target_plan(m, flat_scan(m), 2.5, timings=log)["timing_log"]
+    assert other["timed"] >= 1 and other["reused"] >= 2  # the layer and dense timings
+    assert other["entries"]["layers"] == log["entries"]["layers"]
+    with pytest.raises(PlanError, match="batch_size 1, this plan uses 8"):
+        lp.latency_target_plan(m, flat_scan(m), 2.0, batch_size=8, timings=log)
+    wider = vgg(width=0.25)
+    with pytest.raises(PlanError, match="measured with model"):
+        lp.latency_target_plan(wider, flat_scan(wider), 2.0, timings=log)
 
 
 def test_plan_keeps_the_sensitive_group_whole_before_the_flat_ones():

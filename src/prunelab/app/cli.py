@@ -545,6 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="--latency: then widen layers again, up to N rounding steps per move, while the "
         "measured speed-up holds (batch-1 latency is not monotone in channel counts; default 0)",
     )
+    s.add_argument(
+        "--timings",
+        type=existing_file,
+        default=None,
+        metavar="PLAN.json",
+        help="--latency: read timings from an earlier latency plan's file instead of timing "
+        "again: the same scan and settings then give the same plan without timing anything; "
+        "models the earlier search never timed are timed (same dense model, batch size, "
+        "threads)",
+    )
     _scope_opt(s)
     s.add_argument("--out", default="plan.json", help="plan JSON for `prunelab prune --plan`")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")

@@ -408,16 +408,25 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
     """A channel plan reaching a MACs or measured-latency target, guided by a channel scan."""
     from ..channels import macs_target_plan
     from ..channels.latency_plan import latency_target_plan
+    from ..channels.timing_log import stored_timings
     from ..fileio import write_json
 
     if (args.macs is None) == (args.latency is None):
         raise PrunelabError("with --channel-scan give exactly one of --macs F or --latency F")
     if args.widen and args.latency is None:
         raise PrunelabError("--widen times its candidates: it needs --latency F, not --macs")
+    if args.timings and args.latency is None:
+        raise PrunelabError("--timings replays a latency search: it needs --latency F, not --macs")
     try:
         scan = json.loads(Path(args.channel_scan).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PrunelabError(f"scan {args.channel_scan}: cannot read it as JSON ({e})") from None
+    stored = None
+    if args.timings:
+        try:
+            stored = stored_timings(json.loads(Path(args.timings).read_text()))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, PrunelabError) as e:
+            raise PrunelabError(f"--timings {args.timings}: {e}") from None
     if args.latency is not None:
         result = latency_target_plan(
             model,
@@ -429,7 +438,10 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
             threads=args.threads,
             band=args.band,
             widen=args.widen,
+            timings=stored,
         )
+        log = result["timing_log"]
+        print(f"timings: {log['timed']} measured, {log['reused']} read from earlier ones")
         if not result["reached"]:
             print(
                 f"warning: the closest plan measured {result['measured_speedup']:.2f}x faster, "

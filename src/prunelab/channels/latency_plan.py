@@ -8,12 +8,14 @@ predicted target is lowered by the shortfall until the measured speed-up is reac
 attempt that reaches it is timed a second time and counts by the slower of the two: a single
 lucky timing would otherwise end the search (the run's later latency step then misses the
 goal the plan "reached"). Every attempt is kept in the result, with the timings and
-settings used, so the plan is repeatable.
+settings used, and every timing is kept in a log (prunelab.channels.timing_log): given that
+log back, the same search re-times nothing and makes the same plan.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -23,6 +25,7 @@ from ..errors import PlanError
 from ..latency import cpu_name, layer_latency, measure_latency
 from .plans import LatencyCost, macs_target_plan
 from .surgery import graph_of, prune_in_place
+from .timing_log import new_log
 from .widen import pair_speedups, widen_plan
 
 
@@ -42,6 +45,7 @@ def latency_target_plan(
     step: float = 0.05,
     confirm: bool = True,
     widen: int = 0,
+    timings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The scan-guided plan whose pruned model measures at least `speedup` x faster than the
     dense one at `batch_size` (eager fp32, BN folded), pruning no more than needed: attempts
@@ -51,21 +55,30 @@ def latency_target_plan(
     plan's ratio grid, as for macs_target_plan. confirm: time an attempt that reaches the
     goal once more and take the lower speed-up. widen > 0: then give back, one group at a
     time, channels that keep the measured speed-up (prunelab.channels.widen; up to `widen`
-    rounding steps per move).
+    rounding steps per move). timings: an earlier result's "timing_log": what it timed is read
+    from it instead of timed again (it must share the dense model's shape, batch_size, threads
+    and reps).
 
     Returns macs_target_plan's result plus "speedup_target", "batch_size", "measured_speedup",
     "attempts" [{fraction, macs, measured_speedup, timings}] and "layer_timings"
     (timings: every speed-up measured for the attempt; measured_speedup is their minimum),
     and with widen, "widened" and "widening_stopped" (prunelab.channels.widen.widen_plan's
-    rounds and why it stopped) and, when a round kept a wider group, "plan_before_widening".
+    rounds and why it stopped) and, when a round kept a wider group, "plan_before_widening";
+    "timing_log": every timing the search used, and how many were read rather than timed.
     """
     if not (isinstance(speedup, int | float) and speedup > 1):
         raise PlanError(f"speedup must be a number > 1, got {speedup!r}")
-    layer_ms = layer_latency(model, batch_size=batch_size, threads=threads, reps=reps)
-    dense_timed = measure_latency(
-        {"dense": model}, batch_sizes=[batch_size], threads=threads, reps=reps
+    log = new_log(model, batch_size, threads, reps, stored=timings)
+    layer_ms = log.get(
+        "layers", lambda: layer_latency(model, batch_size=batch_size, threads=threads, reps=reps)
     )
-    dense_ms = _median(dense_timed, "dense")
+    dense_ms = log.get(
+        "dense",
+        lambda: _median(
+            measure_latency({"dense": model}, batch_sizes=[batch_size], threads=threads, reps=reps),
+            "dense",
+        ),
+    )
     cost = LatencyCost(model, layer_ms, dense_ms, graph_of(model), round_to)
     fraction, tried, best = 1.0 / speedup, [], None
     for _ in range(attempts):
@@ -87,7 +100,7 @@ def latency_target_plan(
             break  # a corrected target beyond reach: keep the best attempt so far
         pruned = copy.deepcopy(model)
         prune_in_place(pruned, res["plan"], importance, round_to)
-        timings = pair_speedups(
+        speedups = pair_speedups(
             model,
             pruned,
             speedup,
@@ -95,10 +108,16 @@ def latency_target_plan(
             threads=threads,
             reps=reps,
             confirm=confirm,
+            log=log,
         )
-        got = min(timings)
+        got = min(speedups)
         tried.append(
-            {"fraction": fraction, "macs": res["macs"], "measured_speedup": got, "timings": timings}
+            {
+                "fraction": fraction,
+                "macs": res["macs"],
+                "measured_speedup": got,
+                "timings": speedups,
+            }
         )
         if _better(got, best, speedup):
             best = (got, res)
@@ -119,6 +138,7 @@ def latency_target_plan(
             max_steps=widen,
             threads=threads,
             reps=reps,
+            log=log,
         )
         if wide["rounds"]:
             got = wide["rounds"][-1]["measured_speedup"]
@@ -148,12 +168,13 @@ def latency_target_plan(
                 "layer_ms": layer_ms,
                 "dense_ms": dense_ms,
                 "batch_size": batch_size,
-                "threads": dense_timed["settings"]["threads"],
+                "threads": log.settings["threads"],
                 "cpu": cpu_name(),
                 "rule": "a layer's time scales with its kept output and input fractions; "
                 "the rest of the forward is fixed (LatencyCost); each attempt timed, "
                 "one that reaches the goal twice (the slower counts)",
             },
+            "timing_log": log.as_dict(),
         }
     )
     return res

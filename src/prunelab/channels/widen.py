@@ -21,12 +21,14 @@ attempts do; if it misses, the next one is tried.
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
 from torch import nn
 
 from ..latency import measure_latency
 from .surgery import graph_of, kept_channels, prune_in_place
+from .timing_log import TimingLog, crowd_key, new_log, shape_key
 
 
 def widen_plan(
@@ -40,13 +42,16 @@ def widen_plan(
     threads: int | None = None,
     reps: int = 20,
     max_rounds: int = 32,
+    log: TimingLog | None = None,
 ) -> dict[str, Any]:
     """Widen `plan` ({group: ratio}) one group at a time, by 1..max_steps multiples of
     round_to (single channels without it), while the pruned model measures at least `speedup` x
     faster than `model` at `batch_size`. Returns {"plan": widened ratios, "counts",
     "rounds": [{group, channels, measured_speedup, estimated_speedup, timings, candidates}],
     "stopped": why the search ended (with the last round's fastest candidate, estimated)};
-    the plan is unchanged when no widening fits."""
+    the plan is unchanged when no widening fits. log: where timings are read from and kept
+    (prunelab.channels.timing_log)."""
+    log = log or new_log(model, batch_size, threads, reps)
     graph = graph_of(model)
     full = {n: g.channels for n, g in graph.groups.items()}
     counts = {n: kept_channels(full[n], r, round_to) for n, r in plan.items()}
@@ -55,7 +60,9 @@ def widen_plan(
     stopped: dict[str, Any] = {"reason": f"{max_rounds} rounds"}
 
     def timed(m: nn.Module, goal: float) -> list[float]:
-        return pair_speedups(model, m, goal, batch_size=batch_size, threads=threads, reps=reps)
+        return pair_speedups(
+            model, m, goal, batch_size=batch_size, threads=threads, reps=reps, log=log
+        )
 
     current = _pruned(model, full, counts, importance)
     (now,) = timed(current, float("inf"))  # once: no goal to confirm
@@ -70,13 +77,11 @@ def widen_plan(
             stopped = {"reason": "every group at full width"}
             break
         models = {f"{n}={c}": _pruned(model, full, cs, importance) for (n, c), cs in cands.items()}
-        crowd = measure_latency(
-            {"dense": model, "current": current, **models},
-            batch_sizes=[batch_size],
-            threads=threads,
-            reps=reps,
-        )
-        ms = {r["model"]: r["median_ms"] for r in crowd["rows"]}
+        together = {"dense": model, "current": current, **models}
+        shapes = {name: shape_key(m) for name, m in together.items()}
+        crowd = partial(_crowd_ms, together, shapes, batch_size, threads, reps)
+        by_shape = log.get(crowd_key(shapes.values()), crowd)
+        ms = {name: by_shape[shapes[name]] for name in together}
         guess = {name: now * ms["current"] / ms[name] for name in models}
         base = _params(current)
         fits = sorted(
@@ -130,22 +135,43 @@ def pair_speedups(
     threads: int | None = None,
     reps: int = 20,
     confirm: bool = True,
+    log: TimingLog | None = None,
 ) -> list[float]:
     """`pruned`'s speed-up over `model`, timed in a pair, and once more when it reaches `goal`
     (confirm): one lucky timing must not pass a candidate, so the minimum is what counts. A
-    miss needs no second opinion. Shared by latency_target_plan's attempts and widening."""
-    timings: list[float] = []
-    for _ in range(2 if confirm else 1):
-        result = measure_latency(
-            {"dense": model, "pruned": pruned},
-            batch_sizes=[batch_size],
-            threads=threads,
-            reps=reps,
-        )
-        timings.append(_speedup(result, "pruned"))
-        if timings[-1] < goal:
-            break
-    return timings
+    miss needs no second opinion. Shared by latency_target_plan's attempts and widening; with
+    a log, read from it when it holds this question about this shape."""
+
+    def measure() -> list[float]:
+        timings: list[float] = []
+        for _ in range(2 if confirm else 1):
+            result = measure_latency(
+                {"dense": model, "pruned": pruned},
+                batch_sizes=[batch_size],
+                threads=threads,
+                reps=reps,
+            )
+            timings.append(_speedup(result, "pruned"))
+            if timings[-1] < goal:
+                break
+        return timings
+
+    if log is None:
+        return measure()
+    mode = "confirm" if confirm else "once"
+    return log.get(f"pair {goal:g} {mode} {shape_key(pruned)}", measure)
+
+
+def _crowd_ms(
+    together: dict[str, nn.Module],
+    shapes: dict[str, str],
+    batch_size: int,
+    threads: int | None,
+    reps: int,
+) -> dict[str, float]:
+    """Median ms of models timed together, keyed by their shapes (what the log stores)."""
+    result = measure_latency(together, batch_sizes=[batch_size], threads=threads, reps=reps)
+    return {shapes[r["model"]]: r["median_ms"] for r in result["rows"]}
 
 
 def _pruned(model: nn.Module, full: dict[str, int], counts: dict[str, int], imp: str) -> nn.Module:

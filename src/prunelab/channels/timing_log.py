@@ -1,0 +1,109 @@
+"""Every timing a latency plan used, kept in the plan file so the plan can be made again.
+
+A latency-target plan times its candidates, and on a shared CPU a timing moves by a few
+percent from run to run: two searches from the same scan can end on different plans (with
+widening, one search kept 177.0 M MACs and the next 167.8 M). The log files each timing under
+a key naming what was timed: the model's shape (every conv's and Linear's output count, which
+fixes all the layer sizes channel pruning changes) and the question asked of it. A search
+given the log of an earlier plan reads a timing from it instead of measuring again, so the
+same scan and settings give the same plan without timing anything, and a changed setting
+times only the models the earlier search never timed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import PlanError
+
+T = TypeVar("T")
+# the settings a stored timing must share with a new search to stand in for a new timing
+SETTINGS = ("model", "batch_size", "threads", "reps")
+
+
+class TimingLog:
+    """Timings by key; `get` measures only what the log does not hold yet."""
+
+    def __init__(self, settings: Mapping[str, Any], stored: Mapping[str, Any] | None = None):
+        self.settings = dict(settings)
+        self.entries: dict[str, Any] = {}
+        self.reused = self.timed = 0
+        if stored is not None:
+            self._adopt(stored)
+
+    def _adopt(self, stored: Mapping[str, Any]) -> None:
+        old = stored.get("settings", {})
+        for key in SETTINGS:
+            if key in old and old[key] != self.settings.get(key):
+                raise PlanError(
+                    f"the stored timings were measured with {key} {old[key]!r}, this plan "
+                    f"uses {self.settings.get(key)!r}: plan with the same settings and dense "
+                    "model, or without the stored timings"
+                )
+        self.entries = dict(stored.get("entries", {}))
+
+    def get(self, key: str, measure: Callable[[], T]) -> T:
+        if key in self.entries:
+            self.reused += 1
+            return self.entries[key]
+        value = measure()
+        self.entries[key] = value
+        self.timed += 1
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "reused": self.reused,
+            "timed": self.timed,
+            "entries": self.entries,
+        }
+
+
+def new_log(
+    model: nn.Module,
+    batch_size: int,
+    threads: int | None,
+    reps: int,
+    stored: Mapping[str, Any] | None = None,
+) -> TimingLog:
+    """A log for a search on `model` at these settings (threads None: torch's current count),
+    seeded with `stored`, an earlier plan's "timing_log"."""
+    settings = {
+        "model": shape_key(model),
+        "batch_size": batch_size,
+        "threads": threads or torch.get_num_threads(),
+        "reps": reps,
+    }
+    return TimingLog(settings, stored)
+
+
+def stored_timings(plan: Any) -> Mapping[str, Any]:
+    """The timing log in a plan file's JSON, or a PlanError saying it holds none."""
+    if isinstance(plan, Mapping) and isinstance(plan.get("timing_log"), Mapping):
+        return plan["timing_log"]
+    raise PlanError(
+        "it holds no timing log: expected a plan written by "
+        "`prunelab plan --channel-scan ... --latency`"
+    )
+
+
+def shape_key(model: nn.Module) -> str:
+    """Every conv's output channels and Linear's output features, in module order."""
+    sizes = (
+        m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    )
+    return "/".join(map(str, sizes))
+
+
+def crowd_key(shapes: Iterable[str]) -> str:
+    """One key for a set of models timed together (a digest: the list can be long)."""
+    text = "|".join(sorted(shapes))
+    return "crowd " + hashlib.sha256(text.encode()).hexdigest()[:16]
