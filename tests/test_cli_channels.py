@@ -136,7 +136,7 @@ def test_cli_importance_choices_are_the_library_ones():
     assert IMPORTANCES == list(LIBRARY)
 
 
-def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache):
+def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache, capsys):
     torch.manual_seed(0)
     save_checkpoint(d / "small.pth", build_model("vgg", {"width": 0.125}))
     data = ["--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache), "--no-progress",
@@ -166,6 +166,9 @@ def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache):
     again = d / "again.json"  # made again from its own timings: the same plan, nothing timed
     replay = [*plan, "--latency", "0.8", "--widen", "1", "--timings", str(lat_plan)]
     assert main([*replay, "--out", str(again)]) == 0
+    said = capsys.readouterr().out
+    assert f"measured {lat['measured_speedup']:.2f}x faster than dense at batch 1" in said
+    assert f"timings: 0 measured, {lat['timing_log']['timed']} read" in said
     same = json.loads(again.read_text())
     assert same["plan"] == lat["plan"] and same["channels"] == lat["channels"]
     assert same["timing_log"]["timed"] == 0

@@ -441,7 +441,12 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
             timings=stored,
         )
         log = result["timing_log"]
-        print(f"timings: {log['timed']} measured, {log['reused']} read from earlier ones")
+        print(
+            f"measured {result['measured_speedup']:.2f}x faster than dense at batch "
+            f"{args.latency_batch_size} (goal {1 / args.latency:.2f}x; "
+            f"{len(result['attempts'])} attempts); timings: {log['timed']} measured, "
+            f"{log['reused']} read from earlier ones"
+        )
         if not result["reached"]:
             print(
                 f"warning: the closest plan measured {result['measured_speedup']:.2f}x faster, "
