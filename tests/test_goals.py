@@ -3,6 +3,7 @@ the Torch-Pruning peer saved as a prunelab checkpoint, the [goals] recipe and it
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -207,6 +208,26 @@ def test_a_changed_search_reuses_the_timings_it_shares_and_times_the_rest(monkey
     wider = vgg(width=0.25)
     with pytest.raises(PlanError, match="measured with model"):
         lp.latency_target_plan(wider, flat_scan(wider), 2.0, timings=log)
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda log: log.update(entries=[]), "entries are not a mapping"),
+        (lambda log: log.update(settings=[]), "settings are not a mapping"),
+        (lambda log: log["entries"].update(layers=3.0), "'layers' should be a {layer: ms}"),
+        (lambda log: log["entries"].update(dense=-1), "'dense' should be a number of ms"),
+        (lambda log: log["entries"].update(dense=True), "'dense' should be a number of ms"),
+    ],
+)
+def test_a_malformed_timing_log_is_refused_before_anything_is_timed(monkeypatch, edit, needle):
+    m = vgg()
+    fake_latency(monkeypatch)
+    log = copy.deepcopy(lp.latency_target_plan(m, flat_scan(m), 2.0)["timing_log"])
+    edit(log)
+    no_clock(monkeypatch)
+    with pytest.raises(PlanError, match=re.escape(needle)):
+        lp.latency_target_plan(m, flat_scan(m), 2.0, timings=log)
 
 
 def test_plan_keeps_the_sensitive_group_whole_before_the_flat_ones():

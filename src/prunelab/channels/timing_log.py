@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
+from math import inf
 from typing import Any, TypeVar
 
 import torch
@@ -24,6 +25,13 @@ from ..errors import PlanError
 T = TypeVar("T")
 # the settings a stored timing must share with a new search to stand in for a new timing
 SETTINGS = ("model", "batch_size", "threads", "reps")
+# what each kind of entry holds, by the first word of its key
+KINDS = {
+    "layers": (Mapping, "a {layer: ms} mapping"),
+    "dense": (int | float, "a number of ms"),
+    "pair": (list, "a list of speed-ups"),
+    "crowd": (Mapping, "a {model shape: ms} mapping"),
+}
 
 
 class TimingLog:
@@ -38,6 +46,8 @@ class TimingLog:
 
     def _adopt(self, stored: Mapping[str, Any]) -> None:
         old = stored.get("settings", {})
+        if not isinstance(old, Mapping):
+            raise PlanError("the stored timing log's settings are not a mapping")
         for key in SETTINGS:
             if key in old and old[key] != self.settings.get(key):
                 raise PlanError(
@@ -45,7 +55,17 @@ class TimingLog:
                     f"uses {self.settings.get(key)!r}: plan with the same settings and dense "
                     "model, or without the stored timings"
                 )
-        self.entries = dict(stored.get("entries", {}))
+        entries = stored.get("entries", {})
+        if not isinstance(entries, Mapping):
+            raise PlanError("the stored timing log's entries are not a mapping of timings")
+        for key, value in entries.items():
+            kind, what = KINDS.get(str(key).split(" ")[0], (object, "a timing"))
+            if not (_is_timing(value) and isinstance(value, kind)):
+                raise PlanError(
+                    f"the stored timing {key!r} should be {what} (every number > 0), "
+                    f"got {str(value)[:60]}"
+                )
+        self.entries = dict(entries)
 
     def get(self, key: str, measure: Callable[[], T]) -> T:
         if key in self.entries:
@@ -63,6 +83,15 @@ class TimingLog:
             "timed": self.timed,
             "entries": self.entries,
         }
+
+
+def _is_timing(value: Any) -> bool:
+    """A positive finite number, or a list or {name: ...} mapping of them (what the log holds)."""
+    if isinstance(value, Mapping):
+        return bool(value) and all(_is_timing(v) for v in value.values())
+    if isinstance(value, list):
+        return bool(value) and all(_is_timing(v) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < inf
 
 
 def new_log(
