@@ -76,6 +76,9 @@ def test_truncated_and_missing_and_not_a_checkpoint(tmp_path):
     torch.save({"a": 1}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_model(tmp_path / "x.pth")
+    (tmp_path / "plan.json").write_text('{"plan": {}}')  # a plan given where a model goes
+    with pytest.raises(CheckpointError, match=r"plan.json is not a PyTorch file .*b'\{\"pl'"):
+        load_model(tmp_path / "plan.json")
 
 
 def test_url_checkpoint_sha256_checked(tmp_path, monkeypatch):

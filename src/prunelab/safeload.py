@@ -65,8 +65,25 @@ def _what_needs_unpickling(message: str, path: str | os.PathLike | None = None) 
     )
 
 
+def _check_torch_file(path: str | os.PathLike, what: str) -> None:
+    """A file torch.save did not write (a JSON plan, an image, text) would otherwise reach the
+    unpickler and be reported as a pickle importing something: say what it is instead.
+    torch.save writes a zip archive, or with the legacy format a binary pickle (protocol 2+)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # torch.load reports it
+    if head and not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise CheckpointError(
+            f"{what} {path} is not a PyTorch file (it starts with {head!r}; expected one "
+            "written by torch.save or prunelab)"
+        )
+
+
 def load_tensors(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """torch.load with weights_only=True; refusals and damage become one-line CheckpointErrors."""
+    _check_torch_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
