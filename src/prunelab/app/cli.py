@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import PrunelabError
@@ -630,6 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(oneDNN, ATen im2col, ...), beside the dense model's same layer: why a pruned model "
         "is or is not faster (CPU, fp32)",
     )
+    s.add_argument(
+        "--figure",
+        default=None,
+        metavar="PNG",
+        help="also draw the timings: per batch size, each model's median and spread, or with "
+        "--layers each layer's time per model, labelled with its kernel",
+    )
     s.add_argument("--json", default=None, help="write every timing and the settings here")
     s.add_argument("--cache-dir", default=None, help="where URL checkpoints are downloaded")
 
@@ -686,7 +694,14 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return status
+    except BrokenPipeError:
+        # the reader left (`prunelab latency ... | head`): stop quietly, as other tools do;
+        # stdout goes to devnull so the interpreter's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except PrunelabError as e:
         if args.debug:
             raise

@@ -529,7 +529,7 @@ def latency(args: argparse.Namespace) -> int:
     from ..latency_report import format_latency_table
     from ..models import load_model
 
-    check_out(args.json)
+    check_out(args.json, args.figure)
     if args.layers and (device(args).type != "cpu" or args.bf16):
         raise PrunelabError("--layers times and profiles on the CPU in fp32: drop --device/--bf16")
     models = {}
@@ -555,6 +555,11 @@ def latency(args: argparse.Namespace) -> int:
         result = {**result, "layers": view}
     if args.json:
         write_json(args.json, result)
+    if args.figure:
+        from ..latency_figure import plot_latency
+
+        plot_latency(result, args.figure)
+        print(f"wrote {args.figure}")
     return 0
 
 
