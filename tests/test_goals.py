@@ -192,6 +192,8 @@ def test_a_latency_plan_made_again_from_its_timing_log_times_nothing_and_is_the_
     assert again["timing_log"]["timed"] == 0
     assert again["timing_log"]["reused"] == log["timed"]
     assert again["timing_log"]["entries"] == log["entries"]
+    assert again["timing_log"]["earlier_settings"] == log["settings"]  # which CPU timed them
+    assert log["settings"]["cpu"] and "earlier_settings" not in log
 
 
 def test_a_changed_search_reuses_the_timings_it_shares_and_times_the_rest(monkeypatch):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import PlanError
+from ..latency import cpu_name
 
 T = TypeVar("T")
 # the settings a stored timing must share with a new search to stand in for a new timing
@@ -41,6 +42,7 @@ class TimingLog:
         self.settings = dict(settings)
         self.entries: dict[str, Any] = {}
         self.reused = self.timed = 0
+        self.earlier: dict[str, Any] | None = None  # the stored log's settings (its CPU too)
         if stored is not None:
             self._adopt(stored)
 
@@ -66,6 +68,7 @@ class TimingLog:
                     f"got {str(value)[:60]}"
                 )
         self.entries = dict(entries)
+        self.earlier = dict(old)
 
     def get(self, key: str, measure: Callable[[], T]) -> T:
         if key in self.entries:
@@ -79,6 +82,7 @@ class TimingLog:
     def as_dict(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
+            **({"earlier_settings": self.earlier} if self.earlier is not None else {}),
             "reused": self.reused,
             "timed": self.timed,
             "entries": self.entries,
@@ -108,6 +112,7 @@ def new_log(
         "batch_size": batch_size,
         "threads": threads or torch.get_num_threads(),
         "reps": reps,
+        "cpu": cpu_name(),  # not compared: a log made elsewhere still makes the same plan
     }
     return TimingLog(settings, stored)
 
