@@ -109,10 +109,13 @@ def test_export_onnx_without_the_extra_says_how_to_install(cks, capsys, monkeypa
     assert "pip install" in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
 
-def test_a_reader_that_leaves_early_gets_no_traceback(cks):
-    """`prunelab ... | head`: the pipe closes before prunelab writes; it stops quietly."""
+def test_a_reader_that_leaves_early_gets_no_traceback_and_the_files_are_written(cks):
+    """`prunelab latency ... | head`: the pipe closes before prunelab prints; it stops quietly,
+    and the JSON and figure asked for are written all the same."""
+    out, fig = cks / "piped.json", cks / "piped.png"
+    argv = ["latency", str(cks / "narrow.pth"), "--batch-size", "1", "--reps", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prunelab", "sparsity", str(cks / "narrow.pth")],
+        [sys.executable, "-m", "prunelab", *argv, "--json", str(out), "--figure", str(fig)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -120,3 +123,4 @@ def test_a_reader_that_leaves_early_gets_no_traceback(cks):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert json.loads(out.read_text())["rows"] and png_size(fig)[0] == 660

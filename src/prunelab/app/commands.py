@@ -544,21 +544,24 @@ def latency(args: argparse.Namespace) -> int:
         "fold_bn": not args.no_fold_bn,
     }
     result = measure_latency(models, device=device(args), bf16=args.bf16, **timing)
-    print(format_latency_table(result))
     if args.layers:
         from ..kernels import layer_breakdown
-        from ..latency_report import format_layer_table
 
-        view = layer_breakdown(models, **timing)
-        for b in args.batch_size:
-            print(format_layer_table(view, b))
-        result = {**result, "layers": view}
+        result = {**result, "layers": layer_breakdown(models, **timing)}
+    # files first: a reader that leaves early (| head) must not cost the user the results
     if args.json:
         write_json(args.json, result)
     if args.figure:
         from ..latency_figure import plot_latency
 
         plot_latency(result, args.figure)
+    print(format_latency_table(result))
+    if args.layers:
+        from ..latency_report import format_layer_table
+
+        for b in args.batch_size:
+            print(format_layer_table(result["layers"], b))
+    if args.figure:
         print(f"wrote {args.figure}")
     return 0
 
