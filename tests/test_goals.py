@@ -398,6 +398,7 @@ def test_a_changed_plan_refits_and_retimes_its_models_but_not_the_control(
     fake_latency(monkeypatch)
     text = rerun_copy(goals_run[0], GOALS.replace("band = 0.2", "band = 0.1"))
     assert "[skip] finetune control seed 0" in text, text
+    assert "[plan] batch 1: " in text and "read from the earlier plan" in text, text
     for step in (
         "latency plan batch 1",
         "finetune guided-b1 seed 0",
@@ -418,6 +419,8 @@ def test_a_plan_remade_the_same_keeps_its_pruned_models_and_their_fine_tunes(
     for b in (1, 8):
         assert f"[redo] latency plan batch {b}:" in text, text
         assert f"[skip] prune guided batch {b}" in text, text
+        # remade from the earlier plan's own timings: the same models, nothing timed again
+        assert re.search(rf"\[plan\] batch {b}: [1-9]\d* timings read .*, 0 measured", text), text
     for step in ("finetune guided-b1 seed 0", "finetune peer-b8 seed 1", "latency"):
         assert f"[skip] {step}" in text, (step, text)
     assert text.count("[step]") == 2, text  # the two plans, and nothing else

@@ -17,5 +17,10 @@ class PlanError(PrunelabError):
     """A pruning plan names unknown layers or asks for an impossible sparsity."""
 
 
+class StoredTimingsError(PlanError):
+    """Timings stored by an earlier latency plan cannot stand in for this plan's (another
+    model, batch size, threads or repetitions, or a damaged log)."""
+
+
 class RecipeError(PrunelabError):
     """A recipe file is malformed: names the file, the key and what was expected."""

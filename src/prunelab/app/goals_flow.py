@@ -24,10 +24,13 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from ..accounting import count_macs, count_params
 from ..channels import prune_channels
 from ..channels.latency_plan import latency_target_plan
+from ..channels.timing_log import stored_timings
+from ..errors import StoredTimingsError
 from ..fileio import atomic_path, write_json, write_text
 from ..latency_report import format_latency_table
 from ..models import read_checkpoint, save_checkpoint
@@ -54,6 +57,14 @@ def plan_options(g: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
     if widen:
         opts["widen"] = widen
     return opts
+
+
+def earlier_timings(plan_path: Path) -> dict[str, Any] | None:
+    """The timing log of the plan a rerun is about to remake, if it has a readable one."""
+    try:
+        return dict(stored_timings(json.loads(plan_path.read_text())))
+    except (OSError, ValueError, StoredTimingsError):
+        return None
 
 
 class GoalsStudy(Study):
@@ -91,10 +102,11 @@ class GoalsStudy(Study):
                 "b": b,
                 **plan_options(g, t),
             }
+            earlier = None if self.fresh else earlier_timings(plan_path)
             digest = self.step(
                 f"latency plan batch {b}",
                 plan_path,
-                lambda t=t, p=plan_path: write_json(p, self._plan(dense, scan, t)),
+                lambda t=t, p=plan_path, e=earlier: write_json(p, self._plan(dense, scan, t, e)),
                 settings,
             )
             plans[f"guided-b{b}"] = json.loads(plan_path.read_text())
@@ -166,15 +178,28 @@ class GoalsStudy(Study):
         return results
 
     # ----- steps -----
-    def _plan(self, dense: Any, scan: Any, t: dict[str, Any]) -> dict[str, Any]:
-        g = self.rec["goals"]
-        return latency_target_plan(
-            dense,
-            scan,
-            t["speedup"] * g["margin"],
-            batch_size=t["batch_size"],
-            **plan_options(g, t),
-        )
+    def _plan(
+        self, dense: Any, scan: Any, t: dict[str, Any], earlier: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The target's latency plan; a plan remade after a settings change reads what the
+        earlier plan timed (its timing log) where the two share a model, rather than letting
+        timing noise alone move the plan. Deleting the plan file times everything afresh."""
+        g, b = self.rec["goals"], t["batch_size"]
+        opts = {"batch_size": b, **plan_options(g, t)}
+        goal = t["speedup"] * g["margin"]
+        if earlier is not None:
+            try:
+                res = latency_target_plan(dense, scan, goal, timings=earlier, **opts)
+            except StoredTimingsError as e:
+                tqdm.write(f"[plan] batch {b}: the earlier plan's timings do not fit ({e})")
+            else:
+                log = res["timing_log"]
+                tqdm.write(
+                    f"[plan] batch {b}: {log['reused']} timings read from the earlier plan, "
+                    f"{log['timed']} measured"
+                )
+                return res
+        return latency_target_plan(dense, scan, goal, **opts)
 
     def _prune(self, dense_path: Path, plan: dict[str, Any], path: Path) -> None:
         g = self.rec["goals"]

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ..errors import PlanError
+from ..errors import StoredTimingsError
 from ..latency import cpu_name
 
 T = TypeVar("T")
@@ -49,21 +49,21 @@ class TimingLog:
     def _adopt(self, stored: Mapping[str, Any]) -> None:
         old = stored.get("settings", {})
         if not isinstance(old, Mapping):
-            raise PlanError("the stored timing log's settings are not a mapping")
+            raise StoredTimingsError("the stored timing log's settings are not a mapping")
         for key in SETTINGS:
             if key in old and old[key] != self.settings.get(key):
-                raise PlanError(
+                raise StoredTimingsError(
                     f"the stored timings were measured with {key} {old[key]!r}, this plan "
                     f"uses {self.settings.get(key)!r}: plan with the same settings and dense "
                     "model, or without the stored timings"
                 )
         entries = stored.get("entries", {})
         if not isinstance(entries, Mapping):
-            raise PlanError("the stored timing log's entries are not a mapping of timings")
+            raise StoredTimingsError("the stored timing log's entries are not a mapping of timings")
         for key, value in entries.items():
             kind, what = KINDS.get(str(key).split(" ")[0], (object, "a timing"))
             if not (_is_timing(value) and isinstance(value, kind)):
-                raise PlanError(
+                raise StoredTimingsError(
                     f"the stored timing {key!r} should be {what} (every number > 0), "
                     f"got {str(value)[:60]}"
                 )
@@ -118,10 +118,10 @@ def new_log(
 
 
 def stored_timings(plan: Any) -> Mapping[str, Any]:
-    """The timing log in a plan file's JSON, or a PlanError saying it holds none."""
+    """The timing log in a plan file's JSON, or a StoredTimingsError saying it holds none."""
     if isinstance(plan, Mapping) and isinstance(plan.get("timing_log"), Mapping):
         return plan["timing_log"]
-    raise PlanError(
+    raise StoredTimingsError(
         "it holds no timing log: expected a plan written by "
         "`prunelab plan --channel-scan ... --latency`"
     )

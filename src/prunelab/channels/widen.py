@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import PlanError
+from ..errors import StoredTimingsError
 from ..latency import measure_latency
 from .surgery import graph_of, kept_channels, prune_in_place
 from .timing_log import TimingLog, crowd_key, new_log, shape_key
@@ -83,7 +83,7 @@ def widen_plan(
         crowd = partial(_crowd_ms, together, shapes, batch_size, threads, reps)
         by_shape = log.get(crowd_key(shapes.values()), crowd)
         if not set(shapes.values()) <= set(by_shape):
-            raise PlanError("a stored crowd timing lacks some of the models it was keyed by")
+            raise StoredTimingsError("a stored crowd timing lacks models it was keyed by")
         ms = {name: by_shape[shapes[name]] for name in together}
         guess = {name: now * ms["current"] / ms[name] for name in models}
         base = _params(current)
