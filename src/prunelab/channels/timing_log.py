@@ -128,13 +128,13 @@ def stored_timings(plan: Any) -> Mapping[str, Any]:
 
 
 def shape_key(model: nn.Module) -> str:
-    """Every conv's output channels and Linear's output features, in module order."""
+    """Every conv's output channels (any dimension, transposed too) and Linear's output
+    features, in module order."""
     sizes = (
-        m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        getattr(m, "out_channels", None) or getattr(m, "out_features", None)
         for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
     )
-    return "/".join(map(str, sizes))
+    return "/".join(str(n) for n in sizes if isinstance(n, int))
 
 
 def crowd_key(shapes: Iterable[str]) -> str:
