@@ -113,6 +113,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_png(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Write a matplotlib Figure as PNG atomically (format given: the temporary name ends in
+    .tmp, which matplotlib could not guess a format from)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

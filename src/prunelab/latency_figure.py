@@ -14,7 +14,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .fileio import atomic_path
+from .fileio import write_png
 
 
 def plot_latency(result: dict[str, Any], path_png: str | os.PathLike) -> None:
@@ -22,11 +22,11 @@ def plot_latency(result: dict[str, Any], path_png: str | os.PathLike) -> None:
     per-layer bars), written as PNG atomically."""
     sizes = result["settings"]["batch_sizes"]
     layers = result.get("layers")
-    rows_per_panel = len(next(iter(layers[str(sizes[0])].values()))) if layers else 2
-    fig = Figure(
-        figsize=(5.5 * len(sizes), 1.2 + 0.45 * rows_per_panel * (len(result["models"]) or 1)),
-        layout="constrained",
-    )
+    # bars per panel: one per model, or one per model and layer (two bar heights per model
+    # without layers, so a two-model chart is not squashed)
+    per_model = len(next(iter(layers[str(sizes[0])].values()))) if layers else 2
+    height = 1.2 + 0.45 * per_model * len(result["models"])
+    fig = Figure(figsize=(5.5 * len(sizes), height), layout="constrained")
     axes = fig.subplots(1, len(sizes), squeeze=False)[0]
     for ax, b in zip(axes, sizes, strict=True):
         if layers:
@@ -35,8 +35,7 @@ def plot_latency(result: dict[str, Any], path_png: str | os.PathLike) -> None:
             _model_panel(ax, [r for r in result["rows"] if r["batch_size"] == b], b)
     s = result["settings"]
     fig.suptitle(f"{s.get('runtime', '')} {s.get('dtype', '')}, {s.get('threads')} threads")
-    with atomic_path(path_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    write_png(fig, path_png)
 
 
 def _model_panel(ax: Any, rows: list[dict[str, Any]], batch_size: int) -> None:

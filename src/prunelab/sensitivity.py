@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .errors import PlanError
 from .evaluation import Normalize, example_batch, normalizer
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, write_json, write_png
 from .fold import fold_batchnorm
 from .pruning import _layers_or_raise, check_sparsity, fine_grained_mask
 from .sensitivity_fast import GraphCuts, NotExact, same_bits, vgg_suffix_plan
@@ -378,12 +378,6 @@ def _scan(
     }
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
-    """Write a figure as PNG atomically (format given: the temporary file ends in .tmp)."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-
-
 def _grid(n: int, cols: int = 4) -> tuple[Figure, list[Any]]:
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(3.2 * min(n, cols), 2.6 * rows), layout="constrained")
@@ -403,7 +397,7 @@ def plot_sensitivity(result: dict[str, Any], path_png: str | os.PathLike) -> Non
         ax.set_xlabel("sparsity", fontsize=8)
         ax.set_ylabel("accuracy", fontsize=8)
         ax.tick_params(labelsize=7)
-    _save(fig, path_png)
+    write_png(fig, path_png)
 
 
 def plot_layer_params(model: nn.Module, path_png: str | os.PathLike, scope: str = "all") -> None:
@@ -414,7 +408,7 @@ def plot_layer_params(model: nn.Module, path_png: str | os.PathLike, scope: str 
     ax.bar(range(len(layers)), [m.weight.numel() for m in layers.values()])
     ax.set_xticks(range(len(layers)), list(layers), rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("#parameters")
-    _save(fig, path_png)
+    write_png(fig, path_png)
 
 
 def plot_weight_histograms(
@@ -430,7 +424,7 @@ def plot_weight_histograms(
         ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title)
-    _save(fig, path_png)
+    write_png(fig, path_png)
 
 
 def write_scan(

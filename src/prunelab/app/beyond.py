@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from ..errors import PrunelabError
 from ..export import export_compressed, format_size_table, size_table
-from ..fileio import atomic_path, file_digest, write_json, write_text
+from ..fileio import file_digest, write_json, write_png, write_text
 from ..plan import global_plan, sensitivity_plan, uniform_plan
 from ..pruning import sparsity_report
 from .recipe_compare import parse_compare as parse_compare  # where it was before
@@ -377,8 +377,7 @@ def plot_accuracy_vs_sparsity(r: dict[str, Any], path: Path) -> None:
     ax.set_title("accuracy vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    write_png(fig, path, dpi=110)
 
 
 def _kib(b: int) -> str:

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from ..accounting import count_macs, count_params
 from ..channels import macs_target_plan, prune_channels
-from ..fileio import atomic_path, write_json, write_text
+from ..fileio import write_json, write_png, write_text
 from ..latency_report import format_latency_table
 from ..models import save_checkpoint
 from ..pruning import sparsity_report
@@ -298,9 +298,7 @@ def plot_accuracy_vs_latency(r: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{model_label(r['dense'])}: accuracy against measured latency", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    write_png(fig, path)
 
 
 def channels_report(r: dict[str, Any]) -> str:

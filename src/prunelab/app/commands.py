@@ -101,11 +101,16 @@ def train_config(args: argparse.Namespace, keep_best: bool = False):
     return cfg
 
 
-def read_plan(path: str) -> Any:
+def read_json_file(path: str, what: str) -> Any:
+    """A JSON file the user named, or one line saying which file and why it is unreadable."""
     try:
-        plan = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PrunelabError(f"plan {path}: cannot read it as JSON ({e})") from None
+        raise PrunelabError(f"{what} {path}: cannot read it as JSON ({e})") from None
+
+
+def read_plan(path: str) -> Any:
+    plan = read_json_file(path, "plan")
     if isinstance(plan, dict) and "plan" in plan:
         plan = plan["plan"]
     if not isinstance(plan, dict | float | int) or isinstance(plan, bool):
@@ -369,10 +374,7 @@ def plan(args: argparse.Namespace) -> int:
     check_out(args.out)
     scan = None
     if args.scan:
-        try:
-            scan = json.loads(Path(args.scan).read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PrunelabError(f"scan {args.scan}: cannot read it as JSON ({e})") from None
+        scan = read_json_file(args.scan, "scan")
     model, _ = load(args)
     if args.channel_scan:
         return channel_plan(args, model)
@@ -409,6 +411,7 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
     from ..channels import macs_target_plan
     from ..channels.latency_plan import latency_target_plan
     from ..channels.timing_log import stored_timings
+    from ..errors import StoredTimingsError
     from ..fileio import write_json
 
     if (args.macs is None) == (args.latency is None):
@@ -417,16 +420,13 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
         raise PrunelabError("--widen times its candidates: it needs --latency F, not --macs")
     if args.timings and args.latency is None:
         raise PrunelabError("--timings replays a latency search: it needs --latency F, not --macs")
-    try:
-        scan = json.loads(Path(args.channel_scan).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PrunelabError(f"scan {args.channel_scan}: cannot read it as JSON ({e})") from None
+    scan = read_json_file(args.channel_scan, "scan")
     stored = None
     if args.timings:
         try:
-            stored = stored_timings(json.loads(Path(args.timings).read_text()))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, PrunelabError) as e:
-            raise PrunelabError(f"--timings {args.timings}: {e}") from None
+            stored = stored_timings(read_json_file(args.timings, "--timings"))
+        except StoredTimingsError as e:
+            raise StoredTimingsError(f"--timings {args.timings}: {e}") from None
     if args.latency is not None:
         result = latency_target_plan(
             model,

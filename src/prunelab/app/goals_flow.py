@@ -31,7 +31,7 @@ from ..channels import prune_channels
 from ..channels.latency_plan import latency_target_plan
 from ..channels.timing_log import stored_timings
 from ..errors import StoredTimingsError
-from ..fileio import atomic_path, write_json, write_text
+from ..fileio import write_json, write_png, write_text
 from ..latency_report import format_latency_table
 from ..models import read_checkpoint, save_checkpoint
 from .peer import peer_at_macs, peer_meta
@@ -415,9 +415,7 @@ def plot_goals(r: dict[str, Any], path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    write_png(fig, path)
 
 
 def goals_report(r: dict[str, Any]) -> str:
