@@ -12,6 +12,7 @@ from torch import nn
 from prunelab import latency
 from prunelab.errors import PrunelabError
 from prunelab.latency import layer_latency, measure_latency
+from prunelab.latency_figure import figure_title
 from prunelab.latency_report import format_latency_table
 from prunelab.models import VGG, resnet20
 
@@ -70,6 +71,9 @@ def test_result_structure_and_settings():
     assert s["warmup"] == 0 and s["reps"] == 2 and s["device"] == "cpu" and s["fold_bn"] is True
     assert s["torch"] == str(torch.__version__) and s["cpu"]
     assert s["input_shapes"] == {"dense": [3, 32, 32], "small": [3, 32, 32]}
+    # a chart names the processor that timed it (figures differ between CPUs)
+    assert figure_title(s).endswith(f", {s['cpu']}") and "1 threads" in figure_title(s)
+    assert figure_title({**s, "device": "cuda:0"}).endswith(", cuda:0")
 
 
 def test_models_are_interleaved_in_rotated_order():

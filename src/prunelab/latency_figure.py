@@ -33,9 +33,17 @@ def plot_latency(result: dict[str, Any], path_png: str | os.PathLike) -> None:
             _layer_panel(ax, layers[str(b)], result["models"], b)
         else:
             _model_panel(ax, [r for r in result["rows"] if r["batch_size"] == b], b)
-    s = result["settings"]
-    fig.suptitle(f"{s.get('runtime', '')} {s.get('dtype', '')}, {s.get('threads')} threads")
+    fig.suptitle(figure_title(result["settings"]))
     write_png(fig, path_png)
+
+
+def figure_title(settings: dict[str, Any]) -> str:
+    """Runtime, dtype, threads and the processor that timed it: timings (and which kernel is
+    faster) differ between CPUs, so a chart read without its CPU misleads."""
+    s = settings
+    where = s.get("cpu") if s.get("device", "cpu") == "cpu" else s.get("device")
+    title = f"{s.get('runtime', '')} {s.get('dtype', '')}, {s.get('threads')} threads"
+    return f"{title}, {where}" if where else title
 
 
 def _model_panel(ax: Any, rows: list[dict[str, Any]], batch_size: int) -> None:
