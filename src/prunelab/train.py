@@ -39,6 +39,7 @@ from .evaluation import (
     to_input,
 )
 from .fold import fold_batchnorm
+from .memory_format import channels_last_training_is_safe
 from .train_state import load_state, run_settings, save_state
 
 _save_state, _load_state, _to_input = save_state, load_state, to_input  # older names
@@ -279,7 +280,7 @@ def fit(
             f"{len(train_x)} training inputs but {len(train_y)} labels: they must pair up"
         )
     images = train_x.dim() == 4
-    channels_last = cfg.channels_last and images
+    channels_last = cfg.channels_last and images and channels_last_training_is_safe(model, device)
     do_augment = cfg.augment and images
     pad = augment_pad(train_x.shape[2]) if do_augment else 0
     settings = run_settings(
