@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .errors import PrunelabError
 from .fold import fold_batchnorm
 from .metrics import classification_metrics
+from .precision import use_bf16
 
 Normalize = tuple[Sequence[float], Sequence[float]] | None
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
@@ -125,6 +126,7 @@ def _run_predict(
 ) -> tuple[torch.Tensor, int | None]:
     """Predictions and the width of the logits (None when x is empty)."""
     device = torch.device(device)
+    bf16 = use_bf16(bf16, device)
     channels_last = channels_last and x.dim() == 4
     norm = normalizer(normalize, x.shape, device)
     was_training = model.training

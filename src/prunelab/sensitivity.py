@@ -30,6 +30,7 @@ from .errors import PlanError
 from .evaluation import Normalize, example_batch, normalizer
 from .fileio import atomic_path, write_json, write_png
 from .fold import fold_batchnorm
+from .precision import use_bf16
 from .pruning import _layers_or_raise, check_sparsity, fine_grained_mask
 from .sensitivity_fast import GraphCuts, NotExact, same_bits, vgg_suffix_plan
 
@@ -324,6 +325,7 @@ def _scan(
     probes = _Probes(scoped, names, sps, rank_by, device)
     # cache_enabled=False: autocast otherwise caches each weight's bf16 copy for the whole
     # context, so probes that prune weights in place would all see the dense weights
+    bf16 = use_bf16(bf16, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
     dtype = next(model.parameters()).dtype
     batches = _batches(x, y, batch_size, device, dtype, channels_last, normalize)

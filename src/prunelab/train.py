@@ -40,6 +40,7 @@ from .evaluation import (
 )
 from .fold import fold_batchnorm
 from .memory_format import channels_last_training_is_safe
+from .precision import use_bf16
 from .train_state import load_state, run_settings, save_state
 
 _save_state, _load_state, _to_input = save_state, load_state, to_input  # older names
@@ -282,6 +283,7 @@ def fit(
     images = train_x.dim() == 4
     channels_last = cfg.channels_last and images and channels_last_training_is_safe(model, device)
     do_augment = cfg.augment and images
+    bf16 = use_bf16(cfg.bf16, device)
     pad = augment_pad(train_x.shape[2]) if do_augment else 0
     settings = run_settings(
         cfg,
@@ -352,7 +354,7 @@ def fit(
                 step = epoch * steps_per_epoch + b
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, total, cfg.schedule, cfg.warmup)
-                with autocast(device, cfg.bf16):
+                with autocast(device, bf16):
                     inp = to_input(xb, channels_last, norm)
                     out = net(inp)
                     if check_width:
