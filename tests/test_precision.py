@@ -47,3 +47,12 @@ def test_fit_and_evaluate_asked_for_bf16_run_fp32_there(cpu_without_bf16):
     assert torch.equal(
         evaluate(a, x, y, 10, bf16=True)["predictions"], evaluate(a, x, y, 10)["predictions"]
     )
+
+
+def test_reports_say_when_bf16_ran_as_fp32(cpu_without_bf16, monkeypatch):
+    from prunelab.app.steps import environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "bf16 requests ran fp32" in environment()["device"]
+    monkeypatch.setattr(precision, "onednn_has_bf16", lambda: True)
+    assert "bf16" not in environment()["device"]

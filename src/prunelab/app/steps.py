@@ -23,6 +23,7 @@ from ..errors import PrunelabError
 from ..gradual import GradualPruner
 from ..latency import cpu_name
 from ..models import build_model, load_model, normalize_of, save_checkpoint
+from ..precision import bf16_is_slow
 from ..pruning import Pruner, sparsity_report
 from ..sensitivity import (
     plot_layer_params,
@@ -209,9 +210,14 @@ def environment() -> dict[str, Any]:
         "prunelab": __version__,
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
-        else f"{cpu_name()} ({os.cpu_count()} cores)",
+        else f"{cpu_name()} ({os.cpu_count()} cores{_bf16_note()})",
         "threads": torch.get_num_threads(),
     }
+
+
+def _bf16_note() -> str:
+    """A CPU without oneDNN bf16 runs bf16 requests in fp32 (prunelab.precision): say so."""
+    return "; bf16 requests ran fp32: no oneDNN bf16" if bf16_is_slow(torch.device("cpu")) else ""
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
