@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunelab import precision
 from prunelab.errors import PlanError
 from prunelab.fold import fold_batchnorm
 from prunelab.models import VGG
@@ -190,7 +191,14 @@ def test_fast_path_runs_the_prefix_once_per_batch(setup):
     assert len(calls) == 2 * (len(SPARSITIES) + 1) + 2
 
 
-def test_bf16_autocast_runs_and_restores(setup):
+@pytest.fixture()
+def bf16_kernels(monkeypatch):
+    """bf16 as asked even on a CPU where prunelab.precision would run fp32: the bf16 path
+    itself is under test (slow there, still correct)."""
+    monkeypatch.setattr(precision, "onednn_has_bf16", lambda: True)
+
+
+def test_bf16_autocast_runs_and_restores(setup, bf16_kernels):
     model, x, y = setup
     before = bits(model)
     r = scan(model, x[:64], y[:64], layers=["backbone.conv6"], bf16=True)
@@ -199,7 +207,7 @@ def test_bf16_autocast_runs_and_restores(setup):
     assert bits(model) == before
 
 
-def test_bf16_probes_see_the_pruned_weights(setup):
+def test_bf16_probes_see_the_pruned_weights(setup, bf16_kernels):
     """Regression: autocast's weight cache once made every bf16 probe score the dense model."""
     model, x, y = setup
     fp32 = scan(model, x, y, scope="all")
