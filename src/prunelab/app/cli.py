@@ -657,6 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--device", type=device, default="auto", help="cpu, cuda, cuda:N or auto (default)"
     )
+    s.add_argument(
+        "--dense",
+        default=None,
+        help="start from this dense checkpoint (file or URL) instead of the recipe's model, "
+        "which is then the file's network: e.g. runs/quick/dense/model.pth to reuse the quick "
+        "study's instead of training it again, or a full-width VGG",
+    )
     s.add_argument("--fresh", action="store_true", help="ignore finished steps and redo them")
     s.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

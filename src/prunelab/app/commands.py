@@ -573,6 +573,8 @@ def run(args: argparse.Namespace) -> int:
     from .shipped import find_recipe
 
     recipe = load_recipe(find_recipe(args.recipe))
+    if args.dense is not None:
+        recipe = _started_from(recipe, args.dense, args.cache_dir)
     check_out_dir(args.out)
     try:
         run_recipe(
@@ -591,6 +593,17 @@ def run(args: argparse.Namespace) -> int:
             "resumes from its state",
         ) from None
     return 0
+
+
+def _started_from(recipe: dict[str, Any], path: str, cache: str | None) -> dict[str, Any]:
+    """`run --dense`: the recipe on that checkpoint's network, read once here so that a bad
+    file fails before any step runs."""
+    from ..models import load_model
+    from .recipes import with_dense_checkpoint
+
+    name = recipe["model"]["name"]
+    model, _ = load_model(path, cache, model=name if ":" in name else None)
+    return with_dense_checkpoint(recipe, path, model.prunelab_arch)
 
 
 def bench(args: argparse.Namespace) -> int:

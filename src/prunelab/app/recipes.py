@@ -190,3 +190,16 @@ def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
 def resolved_recipe(rec: dict[str, Any]) -> dict[str, Any]:
     """The recipe with every default filled in, as plain JSON (recorded in the run folder)."""
     return json.loads(json.dumps(rec, default=asdict))
+
+
+def with_dense_checkpoint(rec: dict[str, Any], path: str, arch: dict[str, Any]) -> dict[str, Any]:
+    """The recipe started from the dense model in `path` instead of its own [model]: the
+    network is the file's (`arch`, its architecture record), so the report names what ran."""
+    kwargs = dict(arch.get("kwargs") or {})
+    model = {"name": arch["model"], "kwargs": kwargs, "checkpoint": str(path)}
+    width = float(kwargs.get("width", 1.0)) if model["name"] == "vgg" else None
+    return {
+        **rec,
+        "model": model,
+        "dense": {**rec["dense"], "width": width, "checkpoint": model["checkpoint"]},
+    }

@@ -1,0 +1,75 @@
+"""`prunelab run RECIPE --dense CKPT` starts the study from that checkpoint, on its network,
+instead of training the recipe's model (reusing the quick study's model, or another width)."""
+
+import torch
+
+from prunelab.app.cli import main
+from prunelab.models import VGG, load_model, save_checkpoint
+
+RECIPE = """
+name = "tiny"
+seed = 0
+
+[model]
+name = "vgg"
+width = 0.125
+
+[data]
+val_size = 64
+train_subset = 256
+test_subset = 64
+
+[dense.train]
+epochs = 1
+batch_size = 64
+
+[prune]
+sparsities = [0.5]
+
+[[finetune]]
+name = "sgd"
+optimizer = "sgd"
+lr = 0.01
+epochs = 1
+batch_size = 64
+"""
+
+
+def _argv(tmp_path, jpeg_root, cifar_cache, *extra):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(RECIPE)
+    return ["run", str(recipe), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache),
+            "--no-progress", *extra]  # fmt: skip
+
+
+def test_run_starts_from_the_given_checkpoint_and_its_network(
+    tmp_path, jpeg_root, cifar, cifar_cache, capfd
+):
+    torch.manual_seed(0)
+    given = save_checkpoint(tmp_path / "w025.pth", VGG(width=0.25))
+    out = tmp_path / "run"
+    argv = _argv(tmp_path, jpeg_root, cifar_cache, "--dense", str(given), "--out", str(out))
+    assert main(argv) == 0
+    log = "".join(capfd.readouterr())
+    assert "train epoch" not in log and "train: epoch" not in log  # nothing trained densely
+    dense, ck = load_model(out / "dense" / "model.pth")
+    assert dense.prunelab_arch["kwargs"]["width"] == 0.25  # the file's width, not the recipe's
+    assert ck["meta"]["source"] == f"checkpoint {given}"
+    for name, tensor in load_model(given)[0].state_dict().items():
+        assert torch.equal(dense.state_dict()[name], tensor), name
+    report = (out / "report.md").read_text()
+    assert "width 0.25" in report and "width 0.125" not in report
+    # the same run again finds its steps done
+    assert main(argv) == 0
+    assert "[skip] dense model" in "".join(capfd.readouterr())
+
+
+def test_run_dense_that_cannot_be_read_fails_before_anything_is_written(
+    tmp_path, jpeg_root, cifar_cache, capsys
+):
+    out = tmp_path / "run"
+    missing = tmp_path / "missing.pth"
+    code = main(_argv(tmp_path, jpeg_root, cifar_cache, "--dense", str(missing), "--out", str(out)))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "missing.pth" in err
+    assert not out.exists()
