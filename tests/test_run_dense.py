@@ -1,10 +1,11 @@
 """`prunelab run RECIPE --dense CKPT` starts the study from that checkpoint, on its network,
 instead of training the recipe's model (reusing the quick study's model, or another width)."""
 
+import pytest
 import torch
 
 from prunelab.app.cli import main
-from prunelab.models import VGG, load_model, save_checkpoint
+from prunelab.models import VGG, build_model, load_model, save_checkpoint
 
 RECIPE = """
 name = "tiny"
@@ -64,12 +65,34 @@ def test_run_starts_from_the_given_checkpoint_and_its_network(
     assert "[skip] dense model" in "".join(capfd.readouterr())
 
 
-def test_run_dense_that_cannot_be_read_fails_before_anything_is_written(
-    tmp_path, jpeg_root, cifar_cache, capsys
+USER_NET = """
+from torch import nn
+
+def tiny(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+"""
+
+
+@pytest.mark.parametrize("case", ["missing", "user code", "no record"])
+def test_run_dense_that_cannot_be_used_fails_before_anything_is_written(
+    case, tmp_path, jpeg_root, cifar_cache, capsys, monkeypatch
 ):
+    """One line naming the file and what to do, exit status 2, no run folder: a missing file;
+    a user model's checkpoint under a recipe for another model (prunelab never imports code
+    a file names); a bare state dict that is not the study's VGG (no record to rebuild)."""
+    given, expect = tmp_path / "missing.pth", "missing.pth"
+    if case == "user code":
+        (tmp_path / "usernets.py").write_text(USER_NET)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        given, expect = tmp_path / "user.pth", "name is 'usernets:tiny'"
+        model = build_model("usernets:tiny")
+        model(torch.zeros(1, 3, 32, 32))  # materialise the lazy layer
+        save_checkpoint(given, model)
+    elif case == "no record":
+        given, expect = tmp_path / "bare.pth", "--dense needs one written by prunelab"
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, given)
     out = tmp_path / "run"
-    missing = tmp_path / "missing.pth"
-    code = main(_argv(tmp_path, jpeg_root, cifar_cache, "--dense", str(missing), "--out", str(out)))
+    code = main(_argv(tmp_path, jpeg_root, cifar_cache, "--dense", str(given), "--out", str(out)))
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "missing.pth" in err
+    assert code == 2 and len(err.splitlines()) == 1 and expect in err, err
     assert not out.exists()

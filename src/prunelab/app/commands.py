@@ -598,11 +598,22 @@ def run(args: argparse.Namespace) -> int:
 def _started_from(recipe: dict[str, Any], path: str, cache: str | None) -> dict[str, Any]:
     """`run --dense`: the recipe on that checkpoint's network, read once here so that a bad
     file fails before any step runs."""
-    from ..models import load_model
+    from ..models import load_model, read_checkpoint
     from .recipes import with_dense_checkpoint
 
-    name = recipe["model"]["name"]
-    model, _ = load_model(path, cache, model=name if ":" in name else None)
+    record = read_checkpoint(path, cache)["arch"]
+    if record is None:
+        raise PrunelabError(
+            f"checkpoint {path} has no architecture record; --dense needs one written by "
+            "prunelab (for a bare state dict, set checkpoint in the recipe's [model] instead)"
+        )
+    spec, name = record["model"], recipe["model"]["name"]
+    if ":" in spec and spec != name:
+        raise PrunelabError(
+            f"checkpoint {path} was made from {spec}; run it with a recipe whose [model] "
+            f"name is {spec!r} (prunelab never imports code named inside a file)"
+        )
+    model, _ = load_model(path, cache, model=spec if ":" in spec else None)
     return with_dense_checkpoint(recipe, path, model.prunelab_arch)
 
 
