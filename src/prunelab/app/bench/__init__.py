@@ -4,7 +4,7 @@ study) timed against a straightforward PyTorch baseline in one run, with the mac
     baseline  the plain-PyTorch way of doing each task (the 1.00x rows)
     measure   timing, peak GEMM, FLOP counts, profiles
     paths     each task timed both ways, as table rows
-    verdict   the Performance issue's goals and the printed table
+    verdict   the performance goals and the printed table
     command   options, the whole run, and the entry point of benchmarks/run.py
 """
 

@@ -39,8 +39,7 @@ def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path
     a.set_yticks(list(ys), labels, fontsize=7)
     a.invert_yaxis()
     a.set_xlabel(
-        "times faster than the baseline\n(black: the issue's goal; grey dashes: this path "
-        "at 100% of peak)"
+        "times faster than the baseline\n(black: the goal; grey dashes: this path at 100% of peak)"
     )
     fractions = [100 * (r.peak_fraction or 0.0) for r in shown]
     b.barh(ys, fractions, color=colours)

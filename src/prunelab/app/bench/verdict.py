@@ -1,4 +1,4 @@
-"""The Performance issue's goals checked against the rows, and the printed table."""
+"""The performance goals checked against the rows, and the printed table."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def goal_for(row: Row) -> float | None:
 
 
 def goals(rows: list[Row], bounds: dict[str, str], width: float) -> list[tuple[str, bool, str]]:
-    """PASS/FAIL per goal of the Performance issue, with the figures behind each verdict."""
+    """PASS/FAIL per performance goal, with the figures behind each verdict."""
     fast = [r for r in rows if not r.baseline and r.ratio is not None]
 
     def ceiling(r: Row) -> str:
