@@ -4,44 +4,16 @@ trained on and then failed."""
 
 import pytest
 import torch
+from tiny_recipe import TINY_RECIPE
 
 from prunelab.app.cli import main
 from prunelab.models import load_model, save_checkpoint
 from prunelab.pruning import Pruner
 
-RECIPE = """
-name = "steps"
-seed = 0
-
-[model]
-name = "vgg"
-width = 0.125
-
-[data]
-val_size = 64
-train_subset = 256
-test_subset = 64
-
-[dense.train]
-epochs = 1
-batch_size = 64
-
-[prune]
-sparsities = [0.5]
-
-[[finetune]]
-name = "sgd"
-optimizer = "sgd"
-lr = {lr}
-schedule = "cosine"
-epochs = 1
-batch_size = 64
-"""
-
 
 def _run(tmp_path, jpeg_root, cifar_cache, lr, capsys, out="run"):
     recipe = tmp_path / "steps.toml"
-    recipe.write_text(RECIPE.format(lr=lr))
+    recipe.write_text(TINY_RECIPE.format(lr=lr))
     argv = ["run", str(recipe), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache)]
     assert main([*argv, "--out", str(tmp_path / out), "--no-progress"]) == 0
     return capsys.readouterr().out + capsys.readouterr().err

@@ -3,42 +3,15 @@ instead of training the recipe's model (reusing the quick study's model, or anot
 
 import pytest
 import torch
+from tiny_recipe import TINY_RECIPE
 
 from prunelab.app.cli import main
 from prunelab.models import VGG, build_model, load_model, save_checkpoint
 
-RECIPE = """
-name = "tiny"
-seed = 0
-
-[model]
-name = "vgg"
-width = 0.125
-
-[data]
-val_size = 64
-train_subset = 256
-test_subset = 64
-
-[dense.train]
-epochs = 1
-batch_size = 64
-
-[prune]
-sparsities = [0.5]
-
-[[finetune]]
-name = "sgd"
-optimizer = "sgd"
-lr = 0.01
-epochs = 1
-batch_size = 64
-"""
-
 
 def _argv(tmp_path, jpeg_root, cifar_cache, *extra):
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(RECIPE)
+    recipe.write_text(TINY_RECIPE.format(lr=0.01))
     return ["run", str(recipe), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache),
             "--no-progress", *extra]  # fmt: skip
 

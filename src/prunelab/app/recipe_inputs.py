@@ -198,7 +198,9 @@ def parse_model_and_dense(
         model = parse_model(raw["model"], file)
     else:
         model = _legacy_dense(dense, file)
-    width = None
-    if model["name"] == "vgg":
-        width = float(model["kwargs"].get("width", 1.0))
-    return model, {"width": width, "checkpoint": model["checkpoint"], "train": train}
+    return model, {"width": vgg_width(model), "checkpoint": model["checkpoint"], "train": train}
+
+
+def vgg_width(model: dict[str, Any]) -> float | None:
+    """The study VGG's width for the report's notes; None for any other network."""
+    return float(model["kwargs"].get("width", 1.0)) if model["name"] == "vgg" else None

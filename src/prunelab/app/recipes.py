@@ -17,7 +17,7 @@ from ..errors import RecipeError
 from .recipe_channels import parse_channels
 from .recipe_compare import parse_compare
 from .recipe_goals import parse_goals
-from .recipe_inputs import has_validation, parse_data, parse_model_and_dense
+from .recipe_inputs import has_validation, parse_data, parse_model_and_dense, vgg_width
 from .recipe_schema import (
     ANY,
     BOOL,
@@ -195,11 +195,6 @@ def resolved_recipe(rec: dict[str, Any]) -> dict[str, Any]:
 def with_dense_checkpoint(rec: dict[str, Any], path: str, arch: dict[str, Any]) -> dict[str, Any]:
     """The recipe started from the dense model in `path` instead of its own [model]: the
     network is the file's (`arch`, its architecture record), so the report names what ran."""
-    kwargs = dict(arch.get("kwargs") or {})
-    model = {"name": arch["model"], "kwargs": kwargs, "checkpoint": str(path)}
-    width = float(kwargs.get("width", 1.0)) if model["name"] == "vgg" else None
-    return {
-        **rec,
-        "model": model,
-        "dense": {**rec["dense"], "width": width, "checkpoint": model["checkpoint"]},
-    }
+    model = {"name": arch["model"], "kwargs": dict(arch["kwargs"]), "checkpoint": str(path)}
+    dense = {**rec["dense"], "width": vgg_width(model), "checkpoint": model["checkpoint"]}
+    return {**rec, "model": model, "dense": dense}
