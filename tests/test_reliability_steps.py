@@ -2,6 +2,8 @@
 files where the other is expected are refused first; edited masks are re-applied, not
 trained on and then failed."""
 
+import json
+
 import pytest
 import torch
 from tiny_recipe import TINY_RECIPE
@@ -30,7 +32,12 @@ def test_edited_recipe_redoes_only_the_changed_step(tmp_path, jpeg_root, cifar, 
     assert "[skip] dense model" in changed and "[skip] prune" in changed
     assert "[redo] finetune s0.50-sgd" in changed and "0.01 -> 0.02" in changed
     assert ft.stat().st_mtime_ns != before
-    assert load_model(ft)[1]["meta"]["config"]["lr"] == 0.02
+    meta = load_model(ft)[1]["meta"]
+    assert meta["config"]["lr"] == 0.02
+    # the remade model is evaluated again: the report never shows the old model's score
+    assert "[skip] evaluate dense" in changed and "[redo] evaluate s0.50-sgd" in changed
+    reported = json.loads((tmp_path / "run" / "eval" / "s0.50-sgd.json").read_text())
+    assert reported["accuracy"] == meta["test_accuracy"]
 
 
 def test_steps_match_records_by_run_relative_paths_and_older_full_path_records(tmp_path):

@@ -421,12 +421,13 @@ class Study:
         write_json(path, res)
 
     def _evaluated(self, name: str, model: Any, splits: Splits, target: float) -> dict[str, Any]:
-        """Test metrics of a model, cached with its predictions in eval/<name>.json."""
+        """Test metrics of a model, cached with its predictions in eval/<name>.json under a
+        digest of its weights and the evaluation settings: a model remade under the same
+        name (an edited fine-tune, say) is evaluated again, never reported at its old score."""
         path = self.out / "eval" / f"{name}.json"
-        if path.exists() and not self.fresh:
-            m = json.loads(path.read_text())
-        else:
-            ev = self.rec["evaluate"]
+        ev = self.rec["evaluate"]
+
+        def measure() -> None:
             m = evaluate_on(
                 model,
                 splits,
@@ -442,6 +443,10 @@ class Study:
             nonzero = rep["model_params"] * (1 - rep["model_sparsity_all_params"])
             m["nonzero_mib"] = nonzero * 4 / 2**20  # every parameter, non-zeros at fp32
             write_json(path, m)
+
+        key = {"weights": weights_digest(model), "evaluate": ev, "data": splits.fingerprint}
+        self.step(f"evaluate {name}", path, measure, key)
+        m = json.loads(path.read_text())
         row = {
             "name": name,
             "target": target,
@@ -498,6 +503,17 @@ def recovery_settings(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def settings_digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(plain(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short sha256 over every parameter and buffer (names, shapes, dtypes and bytes): what
+    identifies a model whose evaluation is cached, whatever step or file it came from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def plain(obj: Any) -> Any:
