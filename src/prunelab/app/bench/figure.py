@@ -22,7 +22,12 @@ def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path
     shown = [r for r in rows if r.ratio is not None]
     labels = [f"{r.task}: {r.path}" for r in shown]
     fig, (a, b) = plt.subplots(
-        1, 2, figsize=(13, 0.42 * len(shown) + 1.4), sharey=True, width_ratios=[3, 2]
+        1,
+        2,
+        figsize=(13, 0.42 * len(shown) + 1.4),
+        sharey=True,
+        width_ratios=[3, 2],
+        layout="constrained",  # tight_layout gives up on short figures with 2-line labels
     )
     ys = range(len(shown))
     colours = [COLOURS.get(r.precision, "grey") for r in shown]
@@ -36,6 +41,7 @@ def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path
             ceiling = r.ratio / r.peak_fraction
             a.plot([ceiling, ceiling], [y - 0.4, y + 0.4], color="grey", lw=1.0, ls="--")
     a.axvline(1.0, color="grey", lw=0.8, ls=":")
+    a.set_xlim(0, 1.25 * max([1.0, *a.get_xlim()[1:]]))  # room for the value labels
     a.set_yticks(list(ys), labels, fontsize=7)
     a.invert_yaxis()
     a.set_xlabel(
@@ -46,11 +52,11 @@ def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path
     for y, r, f in zip(ys, shown, fractions, strict=True):
         b.text(f, y, f" {f:.0f}%" if r.peak_fraction else " not counted", va="center", fontsize=7)
     b.axvline(100 * GOALS["peak"], color="black", lw=1.0, ls="--")
-    b.set_xlim(0, 110)
+    # room for the labels, also past 100% (a peak measured on a busy machine reads low)
+    b.set_xlim(0, max([110.0, *(1.2 * f for f in fractions)]))
     b.set_xlabel("% of this machine's measured peak for the path's precision")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
     b.legend(handles, list(COLOURS), fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return save_figure(fig, path)
