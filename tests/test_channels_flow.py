@@ -106,3 +106,25 @@ def test_a_model_remade_at_the_same_path_is_fine_tuned_and_timed_again(result, r
     ):
         assert f"[redo] {step}:" in text, (step, text)
     assert "[skip] finetune fine-s0.50" in text  # fine-grained pruning does not round
+
+
+def test_calibrate_redoes_only_the_scores_before_fine_tuning(result, rerun_copy, tmp_path):
+    """`calibrate = N` re-estimates each pruned model's BatchNorm statistics before "before
+    FT" is measured: those evaluations are redone and nothing else, since fine-tuning
+    normalises with each batch's own statistics and ends the same either way."""
+    recipe = RECIPE.replace('importance = "l2"', 'importance = "l2"\ncalibrate = 128')
+    text = rerun_copy(result[0], recipe)
+    for method in ("fine", "uniform", "guided"):
+        assert f"[redo] evaluate {method}-s0.50-before" in text, text
+        assert f"[skip] finetune {method}-s0.50" in text, text
+    assert "[skip] latency" in text and "[skip] evaluate dense" in text, text
+    old = {r["method"]: r for r in result[1]["rows"]}
+    new = {
+        r["method"]: r for r in json.loads((tmp_path / "copy" / "results.json").read_text())["rows"]
+    }
+    assert all(new[m]["accuracy_after"] == old[m]["accuracy_after"] for m in old)
+    assert any(
+        new[m]["accuracy_before"] != old[m]["accuracy_before"] for m in ("uniform", "guided")
+    )
+    report = (tmp_path / "copy" / "report.md").read_text()
+    assert "BatchNorm statistics re-estimated on 128 training images" in report

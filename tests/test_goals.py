@@ -478,7 +478,7 @@ def test_a_target_can_widen_its_plan_where_the_measured_speedup_allows(goals_run
 
 
 def test_recalibrate_bn_sets_running_stats_to_the_calibration_images():
-    from prunelab.channels.scan import recalibrate_bn
+    from prunelab.batchnorm import recalibrate_bn
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4)).eval()
@@ -493,8 +493,8 @@ def test_recalibrate_bn_sets_running_stats_to_the_calibration_images():
 
 
 def test_scan_with_calibration_is_recalibrate_then_evaluate():
+    from prunelab.batchnorm import recalibrate_bn
     from prunelab.channels import channel_scan
-    from prunelab.channels.scan import recalibrate_bn
     from prunelab.evaluation import evaluate
 
     m = vgg()
@@ -514,8 +514,8 @@ def test_scan_with_calibration_is_recalibrate_then_evaluate():
 def test_scan_recovers_each_probe_before_calibrating_and_scoring_it():
     """recover runs once per pruned probe (never on the dense model), on the pruned copy,
     before its BatchNorm statistics are re-estimated: a probe scores as recovered."""
+    from prunelab.batchnorm import recalibrate_bn
     from prunelab.channels import channel_scan
-    from prunelab.channels.scan import recalibrate_bn
     from prunelab.evaluation import evaluate
 
     m = vgg()

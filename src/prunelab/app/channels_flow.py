@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..accounting import count_macs, count_params
+from ..batchnorm import recalibrate_bn
 from ..channels import macs_target_plan, prune_channels
 from ..fileio import write_json, write_png, write_text
 from ..latency_report import format_latency_table
@@ -29,8 +30,10 @@ from ..models import save_checkpoint
 from ..pruning import sparsity_report
 from .report import data_and_machine, model_label
 from .steps import (
+    calibration_images,
     finetune_checkpoint,
     light,
+    norm,
     prune_checkpoint,
     recipe_splits,
 )
@@ -70,6 +73,7 @@ class ChannelsStudy(Study):
                 },
             )
             scan = json.loads(scan_path.read_text())
+        calibration = calibration_images(splits, ch["calibrate"], rec["seed"])
         models: dict[str, tuple[Path, str]] = {}  # name -> (fine-tuned model, its step digest)
         rows = []
         for r in ch["ratios"]:
@@ -122,6 +126,8 @@ class ChannelsStudy(Study):
                         {"dense": self.dense_digest, "sparsity": s},
                     )
                 pmodel = self.load(p_path)[0]
+                if calibration is not None:  # the evaluation cache is keyed by the statistics too
+                    recalibrate_bn(pmodel, calibration, norm(pmodel))
                 before = self._evaluated(f"{name}-before", pmodel, splits, r)
                 f_path = out / "finetune" / f"{name}.pth"
                 digest = self.step(
@@ -320,6 +326,14 @@ def channels_report(r: dict[str, Any]) -> str:
         f"- fine-tuning: {r['channels']['finetune']['epochs']} epochs of "
         f"{r['channels']['finetune']['optimizer']} (lr {r['channels']['finetune']['lr']}) for "
         "every method; importance: " + r["channels"]["importance"],
+        "- before FT: "
+        + (
+            f"BatchNorm statistics re-estimated on {r['channels']['calibrate']:,} training "
+            "images first (weights as cut)"
+            if r["channels"].get("calibrate")
+            else "the pruned model as cut, BatchNorm statistics included (`calibrate = N` "
+            "re-estimates them first)"
+        ),
         "- latency: every model timed in one interleaved run, eager PyTorch fp32, BatchNorm "
         "folded (see latency table below for threads, warm-up and repetitions)",
         "",

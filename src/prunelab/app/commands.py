@@ -238,19 +238,35 @@ def prune(args: argparse.Namespace) -> int:
             "--channels RATIO or --channel-plan plan.json (channels)"
         )
     check_out(args.out)
+    calibrate = None
+    if args.calibrate:
+        from .steps import calibration_images
+
+        def calibrate():  # read only once the checkpoint has loaded
+            return calibration_images(splits(args), args.calibrate, args.seed)
+
     if args.channels is not None or args.channel_plan is not None:
         from .steps import channel_prune_checkpoint
 
         plan = args.channels if args.channels is not None else read_plan(args.channel_plan)
         model, kept = channel_prune_checkpoint(
-            args.checkpoint, args.out, plan, args.importance, args.round_to, **load_args(args)
+            args.checkpoint,
+            args.out,
+            plan,
+            args.importance,
+            args.round_to,
+            calibrate=calibrate,
+            **load_args(args),
         )
         print(format_channel_table(kept))
-        print(f"saved {args.out}")
-        return 0
-    plan = read_plan(args.plan) if args.plan else args.sparsity
-    model, _ = prune_checkpoint(args.checkpoint, args.out, plan, args.scope, **load_args(args))
-    print(format_sparsity_table(sparsity_report(model, scope=args.scope)))
+    else:
+        plan = read_plan(args.plan) if args.plan else args.sparsity
+        model, _ = prune_checkpoint(
+            args.checkpoint, args.out, plan, args.scope, calibrate=calibrate, **load_args(args)
+        )
+        print(format_sparsity_table(sparsity_report(model, scope=args.scope)))
+    if calibrate is not None:
+        print(f"BatchNorm statistics re-estimated on {args.calibrate} training images")
     print(f"saved {args.out}")
     return 0
 

@@ -33,6 +33,7 @@ CHANNELS_FIELDS = {
     "methods": ANY,
     "importance": choice(IMPORTANCES),
     "round_to": integer(1),
+    "calibrate": integer(0),
     "scan": ANY,
     "finetune": ANY,
     "latency": ANY,
@@ -91,6 +92,9 @@ def parse_channels(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[
         "methods": list(methods),
         "importance": raw.get("importance", "l2"),
         "round_to": raw.get("round_to"),
+        # training images the pruned models' BatchNorm statistics are re-estimated on before
+        # "before FT" is measured (0: scored as cut); fine-tuning is the same either way
+        "calibrate": raw.get("calibrate", 0),
         "scan": scan,
         "latency": latency,
         "finetune": cfg,

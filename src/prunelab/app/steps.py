@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
+from ..batchnorm import batchnorms, recalibrate_bn
 from ..data import load_images, split_validation, subset, validation_split
 from ..errors import PrunelabError
 from ..gradual import GradualPruner
@@ -135,7 +136,7 @@ def recipe_splits(rec: dict[str, Any], data_dir: Any, cache: Any = None) -> Spli
 
 def calibration_images(splits: Splits, n: int, seed: int) -> torch.Tensor | None:
     """`n` training images drawn with `seed`, for re-estimating the BatchNorm statistics of
-    channel-scan probes (prunelab.channels.scan.recalibrate_bn); None when n is 0."""
+    channel-scan probes (prunelab.batchnorm.recalibrate_bn); None when n is 0."""
     if not n:
         return None
     return splits.train_x[train_sample(splits, n, seed)]
@@ -340,9 +341,12 @@ def prune_checkpoint(
     plan: Any,
     scope: str = "conv",
     meta: dict[str, Any] | None = None,
+    calibrate: Callable[[], torch.Tensor] | None = None,
     **load: Any,
 ) -> tuple[nn.Module, Pruner]:
-    """Load `src`, magnitude-prune it to `plan` (a sparsity or {layer: sparsity}), save `out`."""
+    """Load `src`, magnitude-prune it to `plan` (a sparsity or {layer: sparsity}), save `out`.
+    calibrate: returns the training images to re-estimate BatchNorm statistics on after
+    pruning (see `recalibrated`)."""
     model, ck = load_model(src, **load)
     if ck.get("masks"):
         raise PrunelabError(
@@ -358,11 +362,30 @@ def prune_checkpoint(
             "scope": scope,
             "sparsity": sparsity_report(model, scope=scope, macs=False)["prunable_sparsity"],
             "layers": pruner.report(),
+            **recalibrated(model, calibrate, src),
             **(meta or {}),
         }
     )
     save_checkpoint(out, model, info, masks=pruner.masks)
     return model, pruner
+
+
+def recalibrated(
+    model: nn.Module, calibrate: Callable[[], torch.Tensor] | None, src: Any
+) -> dict[str, Any]:
+    """Re-estimate `model`'s BatchNorm statistics on the images `calibrate()` returns (None:
+    leave them); the metadata that records it. `calibrate` is called only now, so a bad
+    checkpoint is refused before any data is read."""
+    if calibrate is None:
+        return {}
+    if not batchnorms(model):
+        raise PrunelabError(
+            f"{src} has no BatchNorm layers: there are no statistics to re-estimate "
+            "(drop --calibrate)"
+        )
+    x = calibrate()
+    recalibrate_bn(model, x, norm(model))
+    return {"bn_recalibrated_on": len(x)}
 
 
 def channel_prune_checkpoint(
@@ -372,10 +395,12 @@ def channel_prune_checkpoint(
     importance: str = "l2",
     round_to: int | None = None,
     meta: dict[str, Any] | None = None,
+    calibrate: Callable[[], torch.Tensor] | None = None,
     **load: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load `src`, remove channels (a uniform ratio or {layer: ratio}), save `out` with the
-    kept channel counts in its architecture record (it reloads from plain tensors)."""
+    kept channel counts in its architecture record (it reloads from plain tensors).
+    calibrate: as for prune_checkpoint."""
     from ..accounting import count_macs, count_params
     from ..channels import prune_channels
 
@@ -397,6 +422,7 @@ def channel_prune_checkpoint(
             "importance": importance,
             "round_to": round_to,
             "kept_channels": kept,
+            **recalibrated(model, calibrate, src),
             **(meta or {}),
         }
     )

@@ -17,7 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..accounting import count_macs, count_params
-from ..evaluation import Normalize, normalizer, to_input
+from ..batchnorm import recalibrate_bn
+from ..evaluation import Normalize
 from ..models import arch_of
 from ..train import evaluate
 from .importance import check_importance
@@ -104,35 +105,3 @@ def channel_scan(
     out["bn_recalibrated_on"] = 0 if calibrate is None else len(calibrate)
     out["recovered"] = recover is not None
     return out
-
-
-@torch.no_grad()
-def recalibrate_bn(
-    model: nn.Module, x: torch.Tensor, normalize: Normalize = None, batch_size: int = 256
-) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics on images `x` (training images, not
-    the ones scored), in place; weights are not touched.
-
-    Removing channels shifts the statistics of every layer after the cut, and scoring a
-    probe with stale statistics mostly measures that shift, which fine-tuning repairs in a
-    few hundred steps: a layer can look ruined that recovers well. With the statistics
-    re-estimated the probe's accuracy tracks its accuracy after fine-tuning far better
-    (Li et al., EagleEye, ECCV 2020: adaptive BatchNorm for evaluating pruned candidates).
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or len(x) == 0:
-        return model
-    was_training = model.training
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over every calibration batch
-    model.train()
-    dev = next(model.parameters()).device
-    norm = normalizer(normalize, (1, *x.shape[1:]), dev)
-    for i in range(0, len(x), batch_size):
-        model(to_input(x[i : i + batch_size].to(dev), False, norm))
-    for m, mom in zip(bns, saved, strict=True):
-        m.momentum = mom
-    model.train(was_training)
-    return model
