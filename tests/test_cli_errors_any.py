@@ -31,12 +31,14 @@ def d(tmp_path_factory):
     torch.save({"state_dict": nan}, d / "nan.pth")
     torch.save({"state_dict": vgg, "masks": [1, 2]}, d / "mask_list.pth")
     torch.save({"state_dict": vgg, "meta": "not a dict"}, d / "meta_str.pth")
+    save_checkpoint(d / "gray.pth", VGG(width=0.125, in_channels=1))  # the trees are RGB
     return d
 
 
 def cases(d):
     out = str(d / "out.pth")
     train = ["train", "--epochs", "1", "--batch-size", "2", "--val-size", "0", "--out", out]
+    gray, good = d / "gray.pth", ["--data-dir", str(d / "good"), "--val-size", "0"]
     return [
         (["evaluate", str(d / "bare.pth"), "--data-dir", str(d / "good")], "--model"),
         (["evaluate", str(d / "unknown_arch.pth"), "--data-dir", str(d / "good")], "resnet99"),
@@ -54,6 +56,17 @@ def cases(d):
         (["finetune", str(d / "mask_list.pth"), "--out", out], "masks"),
         (["sparsity", str(d / "meta_str.pth")], "meta"),
         (["plan", str(d / "bare.pth"), "--model", "x:y", "--global", "--sparsity", "5"], "5"),
+        # a grayscale model given RGB images: said before any work, with the flag that fixes it
+        (["evaluate", str(gray), *good], "--image-channels 1"),
+        (
+            ["sensitivity", str(gray), *good, "--split", "test", "--out", str(d / "sens")],
+            "--image-channels 1",
+        ),
+        (["finetune", str(gray), "--sparsity", "0.5", *good, "--out", out], "--image-channels 1"),
+        (
+            ["prune", str(gray), "--sparsity", "0.5", "--calibrate", "4", *good, "--out", out],
+            "--image-channels 1",
+        ),
     ]
 
 

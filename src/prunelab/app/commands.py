@@ -285,13 +285,14 @@ def format_channel_table(kept: dict[str, Any]) -> str:
 
 
 def sensitivity(args: argparse.Namespace) -> int:
-    from .steps import scan_to_folder
+    from .steps import check_images_fit, scan_to_folder
 
     check_out_dir(args.out)
     dev = device(args)
     model, _ = load(args)
     data = splits(args, need_val=args.split == "val")
     x, y = data.split(args.split)
+    check_images_fit(model, x)
     if args.channels:
         return channel_sensitivity(args, model, x, y, data)
     res = scan_to_folder(

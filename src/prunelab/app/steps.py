@@ -23,7 +23,7 @@ from ..data import load_images, split_validation, subset, validation_split
 from ..errors import PrunelabError
 from ..gradual import GradualPruner
 from ..latency import cpu_name
-from ..models import build_model, load_model, normalize_of, save_checkpoint
+from ..models import arch_of, build_model, load_model, normalize_of, save_checkpoint
 from ..precision import bf16_is_slow
 from ..pruning import Pruner, sparsity_report
 from ..sensitivity import (
@@ -256,9 +256,25 @@ def run_key(model: nn.Module, splits: Splits, parent: str | None = None) -> dict
 # ---------- steps ----------
 
 
+def check_images_fit(model: nn.Module, images: torch.Tensor) -> None:
+    """One line, before any work, when the images have other colour channels than the model
+    was built for (a grayscale model given RGB images, say): the forward pass would fail
+    with a traceback about conv weights. Sizes are not checked: many models pool to any size.
+    """
+    record = arch_of(model) or {}
+    shape = record.get("input_shape")
+    if not shape or images.dim() != 4 or images.shape[1] == shape[0]:
+        return
+    raise PrunelabError(
+        f"the model takes {shape[0]}-channel images ({'x'.join(map(str, shape))}) but the "
+        f"data has {images.shape[1]} channels: pass --image-channels {shape[0]} to convert them"
+    )
+
+
 def evaluate_on(model: nn.Module, splits: Splits, split: str = "test", **kw: Any) -> dict[str, Any]:
     """The study's metrics of `model` on one split, with the model's own normalisation."""
     x, y = splits.split(split)
+    check_images_fit(model, x)
     return evaluate(model, x, y, len(splits.classes), normalize=norm(model), **kw)
 
 
@@ -384,6 +400,7 @@ def recalibrated(
             "(drop --calibrate)"
         )
     x = calibrate()
+    check_images_fit(model, x)
     recalibrate_bn(model, x, norm(model))
     return {"bn_recalibrated_on": len(x)}
 
@@ -547,6 +564,7 @@ def finetune_checkpoint(
     guide = _teacher(teacher, model, cfg, **load)
     if callable(splits):
         splits = splits()
+    check_images_fit(model, splits.train_x)
     res, sp = finetune(
         model,
         pruner,
