@@ -77,6 +77,10 @@ def test_twenty_classes_and_labels_the_model_cannot_predict():
         evaluate(model, x, y + 1)
     with pytest.raises(PrunelabError, match="labels go up to 24 but num_classes is 10"):
         evaluate(model, x, y + 5, num_classes=10)
+    with torch.no_grad():  # every image predicted as class 15, beyond the data's 10 classes
+        model.classifier.bias.fill_(-1e4)[15] = 1e4
+    with pytest.raises(PrunelabError, match="predicted class 15 but the data has 10 classes"):
+        evaluate(model, x, y % 10, num_classes=10)
     cfg = TrainConfig(epochs=1, batch_size=8)
     with pytest.raises(PrunelabError, match="labels go up to 29 but the model has 20 outputs"):
         fit(model, x, y + 10, cfg, progress=False)

@@ -203,7 +203,9 @@ def class_count(
     top = int(preds.max()) if len(preds) else -1
     if top >= num_classes:
         raise PrunelabError(
-            f"the model ({width} outputs) predicted class {top} but num_classes is {num_classes}"
+            f"the model ({width} outputs) predicted class {top} but the data has "
+            f"{num_classes} classes: evaluate it on data with its own classes, or use a model "
+            f"built for these {num_classes}"
         )
     return num_classes
 
