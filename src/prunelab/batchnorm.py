@@ -11,11 +11,7 @@ import torch
 from torch import nn
 
 from .evaluation import Normalize, normalizer, to_input
-
-
-def batchnorms(model: nn.Module) -> list[nn.Module]:
-    """Every BatchNorm layer of `model` (1-d, 2-d and 3-d)."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+from .fold import batchnorms
 
 
 @torch.no_grad()
@@ -29,8 +25,8 @@ def recalibrate_bn(
     scoring a model with stale statistics mostly measures that shift, which fine-tuning
     repairs in a few hundred steps: a layer can look ruined that recovers well. With the
     statistics re-estimated a pruned model's accuracy tracks its accuracy after fine-tuning
-    far better
-    (Li et al., EagleEye, ECCV 2020: adaptive BatchNorm for evaluating pruned candidates).
+    far better (Li et al., EagleEye, ECCV 2020: adaptive BatchNorm for evaluating pruned
+    candidates).
     """
     bns = batchnorms(model)
     if not bns or len(x) == 0:

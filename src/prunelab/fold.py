@@ -251,6 +251,11 @@ def _say(why: str) -> None:
     warnings.warn(f"BatchNorm not folded: {why}; evaluating the model as it is", stacklevel=3)
 
 
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of `model` (1-d, 2-d and 3-d)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def remaining_batchnorms(model: nn.Module) -> int:
     """How many BatchNorm layers are left (0 after folding a VGG): a check for callers."""
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return len(batchnorms(model))

@@ -18,9 +18,10 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..batchnorm import batchnorms, recalibrate_bn
+from ..batchnorm import recalibrate_bn
 from ..data import load_images, split_validation, subset, validation_split
 from ..errors import PrunelabError
+from ..fold import batchnorms
 from ..gradual import GradualPruner
 from ..latency import cpu_name
 from ..models import arch_of, build_model, load_model, normalize_of, save_checkpoint

@@ -41,7 +41,7 @@ def plot_rows(rows: list[Row], path: str | os.PathLike, title: str = "") -> Path
             ceiling = r.ratio / r.peak_fraction
             a.plot([ceiling, ceiling], [y - 0.4, y + 0.4], color="grey", lw=1.0, ls="--")
     a.axvline(1.0, color="grey", lw=0.8, ls=":")
-    a.set_xlim(0, 1.25 * max([1.0, *a.get_xlim()[1:]]))  # room for the value labels
+    a.set_xlim(0, 1.25 * max(1.0, a.get_xlim()[1]))  # room for the value labels
     a.set_yticks(list(ys), labels, fontsize=7)
     a.invert_yaxis()
     a.set_xlabel(
