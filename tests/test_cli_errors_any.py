@@ -32,6 +32,8 @@ def d(tmp_path_factory):
     torch.save({"state_dict": vgg, "masks": [1, 2]}, d / "mask_list.pth")
     torch.save({"state_dict": vgg, "meta": "not a dict"}, d / "meta_str.pth")
     save_checkpoint(d / "gray.pth", VGG(width=0.125, in_channels=1))  # the trees are RGB
+    save_checkpoint(d / "ten.pth", VGG(width=0.125))  # the good tree has 3 classes
+    save_checkpoint(d / "three.pth", VGG(width=0.125, num_classes=3))
     return d
 
 
@@ -39,6 +41,7 @@ def cases(d):
     out = str(d / "out.pth")
     train = ["train", "--epochs", "1", "--batch-size", "2", "--val-size", "0", "--out", out]
     gray, good = d / "gray.pth", ["--data-dir", str(d / "good"), "--val-size", "0"]
+    ft = ["--sparsity", "0.5", "--epochs", "1", "--batch-size", "4", *good, "--out", out]
     return [
         (["evaluate", str(d / "bare.pth"), "--data-dir", str(d / "good")], "--model"),
         (["evaluate", str(d / "unknown_arch.pth"), "--data-dir", str(d / "good")], "resnet99"),
@@ -66,6 +69,12 @@ def cases(d):
         (
             ["prune", str(gray), "--sparsity", "0.5", "--calibrate", "4", *good, "--out", out],
             "--image-channels 1",
+        ),
+        # a 10-class model (or teacher) fine-tuned on a 3-class tree: said before training
+        (["finetune", str(d / "ten.pth"), *ft], "10 outputs"),
+        (
+            ["finetune", str(d / "three.pth"), *ft, "--distill", str(d / "ten.pth")],
+            "teacher has 10",
         ),
     ]
 

@@ -272,6 +272,40 @@ def check_images_fit(model: nn.Module, images: torch.Tensor) -> None:
     )
 
 
+def output_count(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """How many logits the model gives, from one blank image in eval mode (the record may not
+    say: a user factory need not take num_classes)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters(), torch.empty(0)).device
+            out = model(torch.zeros(1, *image_shape, device=device))
+    finally:
+        model.train(was_training)
+    if out.dim() != 2:
+        raise PrunelabError(
+            f"the model returned {tuple(out.shape)}; expected logits shaped N x classes"
+        )
+    return out.shape[1]
+
+
+def check_classes_fit(model: nn.Module, splits: Splits, teacher: nn.Module | None = None) -> None:
+    """One line, before training, when the model (or its teacher) has another number of
+    outputs than the data has classes: outputs no label trains would still win predictions,
+    and the evaluation after hours of fine-tuning would refuse them."""
+    n = len(splits.classes)
+    for who, net in (("the model", model), ("the teacher", teacher)):
+        if net is None:
+            continue
+        k = output_count(net, splits.image_shape)
+        if k != n:
+            raise PrunelabError(
+                f"{who} has {k} outputs but the data has {n} classes: fine-tune on data with "
+                f"the model's {k} classes, or train a {n}-class model (prunelab train)"
+            )
+
+
 def evaluate_on(model: nn.Module, splits: Splits, split: str = "test", **kw: Any) -> dict[str, Any]:
     """The study's metrics of `model` on one split, with the model's own normalisation."""
     x, y = splits.split(split)
@@ -566,6 +600,7 @@ def finetune_checkpoint(
     if callable(splits):
         splits = splits()
     check_images_fit(model, splits.train_x)
+    check_classes_fit(model, splits, guide)
     res, sp = finetune(
         model,
         pruner,
