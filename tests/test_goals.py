@@ -128,13 +128,40 @@ def test_a_plan_that_reaches_the_goal_is_timed_again_and_the_slower_timing_count
     assert all(len(a["timings"]) == 1 for a in one["attempts"])
 
 
+@pytest.mark.parametrize("busy_times", [1, 2])
+def test_a_dense_timing_far_above_its_layers_is_timed_again_and_the_lower_counts(
+    monkeypatch, busy_times
+):
+    """A busy moment makes the dense-only timing 1.7x the truth: it must not become the
+    plan's baseline (the layers' time would look fixed). Busy twice: the lower still counts."""
+    m = vgg()
+    fake_latency(monkeypatch)
+    honest, dense_calls = lp.measure_latency, []
+
+    def busy_at_first(models, batch_sizes, threads=None, reps=20):
+        out = honest(models, batch_sizes, threads, reps)
+        if len(out["rows"]) == 1:  # the dense-only timing
+            dense_calls.append(1)
+            if len(dense_calls) <= busy_times:
+                out["rows"][0]["median_ms"] *= 1.7 if len(dense_calls) == 1 else 1.5
+        return out
+
+    monkeypatch.setattr(lp, "measure_latency", busy_at_first)
+    res = lp.latency_target_plan(m, flat_scan(m), 2.0, batch_size=1)
+    truth = count_macs(m)["total"] / 1e6
+    want = truth if busy_times == 1 else 1.5 * truth
+    assert len(dense_calls) == 2 and res["layer_timings"]["dense_ms"] == pytest.approx(want)
+
+
 def test_latency_plan_reports_a_goal_it_cannot_reach(monkeypatch):
     m = vgg()
     fake_latency(monkeypatch, slow=30.0)  # far slower than predicted: corrections run out
     res = lp.latency_target_plan(m, flat_scan(m), 1.5, attempts=3)
     assert not res["reached"] and res["measured_speedup"] < 1.5
     assert res["measured_speedup"] == max(a["measured_speedup"] for a in res["attempts"])
-    with pytest.raises(PlanError, match="a 50.0x speed-up at batch 1: the target"):
+    with pytest.raises(
+        PlanError, match=r"a 50.0x speed-up at batch 1: the target.*dense model timed"
+    ):
         lp.latency_target_plan(m, flat_scan(m), 50.0, max_ratio=0.5)
     with pytest.raises(PlanError, match="speedup"):
         lp.latency_target_plan(m, flat_scan(m), 1.0)

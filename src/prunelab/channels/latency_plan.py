@@ -73,11 +73,7 @@ def latency_target_plan(
         "layers", lambda: layer_latency(model, batch_size=batch_size, threads=threads, reps=reps)
     )
     dense_ms = log.get(
-        "dense",
-        lambda: _median(
-            measure_latency({"dense": model}, batch_sizes=[batch_size], threads=threads, reps=reps),
-            "dense",
-        ),
+        "dense", lambda: _dense_ms(model, sum(layer_ms.values()), batch_size, threads, reps)
     )
     cost = LatencyCost(model, layer_ms, dense_ms, graph_of(model), round_to)
     fraction, tried, best = 1.0 / speedup, [], None
@@ -96,7 +92,10 @@ def latency_target_plan(
             )
         except PlanError as e:
             if best is None:
-                raise PlanError(f"a {speedup}x speed-up at batch {batch_size}: {e}") from None
+                raise PlanError(
+                    f"a {speedup}x speed-up at batch {batch_size}: {e} (the dense model timed "
+                    f"{dense_ms:.3g} ms, its layers alone {sum(layer_ms.values()):.3g} ms)"
+                ) from None
             break  # a corrected target beyond reach: keep the best attempt so far
         pruned = copy.deepcopy(model)
         prune_in_place(pruned, res["plan"], importance, round_to)
@@ -188,6 +187,25 @@ def _better(got: float, best: tuple[float, Any] | None, goal: float) -> bool:
     if (got >= goal) != (best[0] >= goal):
         return got >= goal
     return got < best[0] if got >= goal else got > best[0]
+
+
+# a dense time above its layers' sum by more than this is timed again, the lower counting
+SUSPECT = 1.3
+
+
+def _dense_ms(
+    model: nn.Module, layers_ms: float, batch_size: int, threads: int | None, reps: int
+) -> float:
+    """The dense model's median time. Timed again when it is far above its layers' sum: on a
+    shared 2-core CPU a busy moment once timed it at 1.7x what the same run's other timings
+    implied, and everything left for the layers then looked fixed: no plan could reach 2.6x."""
+
+    def once() -> float:
+        res = measure_latency({"dense": model}, [batch_size], threads=threads, reps=reps)
+        return _median(res, "dense")
+
+    ms = once()
+    return min(ms, once()) if ms > SUSPECT * layers_ms else ms
 
 
 def _median(result: dict[str, Any], name: str) -> float:
