@@ -52,7 +52,8 @@ def test_latency_cost_scales_layer_times_by_kept_fractions():
 def fake_latency(monkeypatch, slow=1.0):
     """Time = MACs (ms per million) x `slow` for pruned copies: a deterministic clock."""
 
-    def measure(models, batch_sizes, threads=None, reps=20):
+    def measure(models, input_shape=None, batch_sizes=(1, 64), threads=None, reps=20):
+        assert input_shape is None  # the plans time each model on its own input size
         rows = []
         for i, (name, model) in enumerate(models.items()):
             ms = count_macs(model)["total"] / 1e6 * (1.0 if i == 0 else slow)
@@ -102,8 +103,8 @@ def test_a_plan_that_reaches_the_goal_is_timed_again_and_the_slower_timing_count
     honest = lp.measure_latency
     calls = []
 
-    def lucky_every_other(models, batch_sizes, threads=None, reps=20):
-        out = honest(models, batch_sizes, threads, reps)
+    def lucky_every_other(models, input_shape=None, batch_sizes=(1, 64), threads=None, reps=20):
+        out = honest(models, input_shape, batch_sizes, threads, reps)
         if len(out["rows"]) == 2:  # dense and a pruned model (not the dense-only timing)
             calls.append(1)
             if len(calls) % 2 == 1:
@@ -138,8 +139,8 @@ def test_a_dense_timing_far_above_its_layers_is_timed_again_and_the_lower_counts
     fake_latency(monkeypatch)
     honest, dense_calls = lp.measure_latency, []
 
-    def busy_at_first(models, batch_sizes, threads=None, reps=20):
-        out = honest(models, batch_sizes, threads, reps)
+    def busy_at_first(models, input_shape=None, batch_sizes=(1, 64), threads=None, reps=20):
+        out = honest(models, input_shape, batch_sizes, threads, reps)
         if len(out["rows"]) == 1:  # the dense-only timing
             dense_calls.append(1)
             if len(dense_calls) <= busy_times:
@@ -172,7 +173,8 @@ def noisy_latency(monkeypatch, seed):
     from the same scan can end on different plans."""
     rng = np.random.default_rng(seed)
 
-    def measure(models, batch_sizes, threads=None, reps=20):
+    def measure(models, input_shape=None, batch_sizes=(1, 64), threads=None, reps=20):
+        assert input_shape is None  # the plans time each model on its own input size
         rows = [
             {
                 "model": name,

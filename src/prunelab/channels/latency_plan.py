@@ -201,7 +201,9 @@ def _dense_ms(
     implied, and everything left for the layers then looked fixed: no plan could reach 2.6x."""
 
     def once() -> float:
-        res = measure_latency({"dense": model}, [batch_size], threads=threads, reps=reps)
+        res = measure_latency(
+            {"dense": model}, batch_sizes=[batch_size], threads=threads, reps=reps
+        )
         return _median(res, "dense")
 
     ms = once()
