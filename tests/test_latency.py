@@ -199,3 +199,34 @@ def test_layer_latency_of_an_unused_layer_is_zero_and_bad_batch_refused():
     assert got["spare"] == 0.0 and got["used"] > 0
     with pytest.raises(PrunelabError, match="batch size must be an integer >= 1"):
         layer_latency(Unused(), input_shape=(4,), batch_size=0)
+
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma avx2 bmi2
+
+processor\t: 1
+model name\t: another CPU
+"""
+
+
+@pytest.mark.parametrize(
+    "flags, vector",
+    [
+        ("avx2", "AVX2"),
+        ("avx2 avx512f avx512_bf16", "AVX-512 BF16"),
+        ("avx2 avx512f", "AVX-512"),
+        ("avx2 avx512f avx512_bf16 amx_tile amx_bf16", "AMX"),
+        ("sse2", None),
+    ],
+)
+def test_a_generic_cpu_name_is_told_apart_by_family_model_and_vector_unit(flags, vector):
+    """Two machines that both call themselves "AMD EPYC" ran at 2.8x different batch-1 speeds:
+    the name alone cannot say which one a latency figure came from."""
+    text = ZEN3.replace("fpu sse2 avx fma avx2 bmi2", flags)
+    want = "AMD EPYC, family 25 model 1" + (f", {vector}" if vector else "")
+    assert latency.describe_cpu(text) == want
+    assert latency.describe_cpu("") == "" and latency.describe_cpu("flags: avx2\n") == ""

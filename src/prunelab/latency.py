@@ -45,14 +45,41 @@ Runner = Callable[[], Any]
 
 
 def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo "model name"), else platform.processor()."""
+    """The CPU as /proc/cpuinfo names it (describe_cpu), else platform.processor()."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = ""
+    return describe_cpu(text) or platform.processor() or platform.machine()
+
+
+def describe_cpu(cpuinfo: str) -> str:
+    """The first CPU's model name, family/model and widest vector unit. Cloud machines often
+    call themselves only "AMD EPYC", and speed-ups differ between its generations (AVX2
+    only, or AVX-512 with bf16): a latency figure must say which one it was measured on."""
+    info: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    name = info.get("model name", "")
+    if not name:
+        return ""
+    parts = [name]
+    if info.get("cpu family") and info.get("model"):
+        parts.append(f"family {info['cpu family']} model {info['model']}")
+    flags = set(info.get("flags", "").split())
+    for flag, label in (
+        ("amx_tile", "AMX"),
+        ("avx512_bf16", "AVX-512 BF16"),
+        ("avx512f", "AVX-512"),
+        ("avx2", "AVX2"),
+    ):
+        if flag in flags:
+            parts.append(label)
+            break
+    return ", ".join(parts)
 
 
 def _first_line(e: BaseException) -> str:
