@@ -60,7 +60,8 @@ def fake_latency(monkeypatch, slow=1.0):
             rows.append({"model": name, "batch_size": batch_sizes[0], "median_ms": ms})
         return {"rows": rows, "settings": {"threads": 1}}
 
-    def layers(model, batch_size=1, threads=None, reps=20):
+    def layers(model, input_shape=None, batch_size=1, reps=20, threads=None):
+        assert input_shape is None  # as for measure: the model's own input size
         return {n: v / 1e6 for n, v in count_macs(model)["per_layer"].items()}
 
     monkeypatch.setattr(lp, "measure_latency", measure)
@@ -185,7 +186,8 @@ def noisy_latency(monkeypatch, seed):
         ]
         return {"rows": rows, "settings": {"threads": 1}}
 
-    def layers(model, batch_size=1, threads=None, reps=20):
+    def layers(model, input_shape=None, batch_size=1, reps=20, threads=None):
+        assert input_shape is None  # as for measure: the model's own input size
         return {
             n: v / 1e6 * rng.uniform(0.9, 1.1) for n, v in count_macs(model)["per_layer"].items()
         }
