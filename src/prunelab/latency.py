@@ -19,6 +19,7 @@ result shape comes from `prunelab.onnx_export.onnx_latency`, so one table prints
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,7 @@ LAYER_KINDS = (nn.modules.conv._ConvNd, nn.Linear)
 Runner = Callable[[], Any]
 
 
+@functools.cache  # asked for by every timing; the CPU does not change within a process
 def cpu_name() -> str:
     """The CPU as /proc/cpuinfo names it (describe_cpu), else platform.processor()."""
     try:

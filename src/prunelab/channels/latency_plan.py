@@ -72,9 +72,8 @@ def latency_target_plan(
     layer_ms = log.get(
         "layers", lambda: layer_latency(model, batch_size=batch_size, threads=threads, reps=reps)
     )
-    dense_ms = log.get(
-        "dense", lambda: _dense_ms(model, sum(layer_ms.values()), batch_size, threads, reps)
-    )
+    layers_total = sum(layer_ms.values())
+    dense_ms = log.get("dense", lambda: _dense_ms(model, layers_total, batch_size, threads, reps))
     cost = LatencyCost(model, layer_ms, dense_ms, graph_of(model), round_to)
     fraction, tried, best = 1.0 / speedup, [], None
     for _ in range(attempts):
@@ -94,7 +93,7 @@ def latency_target_plan(
             if best is None:
                 raise PlanError(
                     f"a {speedup}x speed-up at batch {batch_size}: {e} (the dense model timed "
-                    f"{dense_ms:.3g} ms, its layers alone {sum(layer_ms.values()):.3g} ms)"
+                    f"{dense_ms:.3g} ms, its layers alone {layers_total:.3g} ms)"
                 ) from None
             break  # a corrected target beyond reach: keep the best attempt so far
         pruned = copy.deepcopy(model)
