@@ -413,7 +413,17 @@ def test_goals_flow_measures_every_model_against_dense_control_and_peer(goals_ru
         assert v["met"] == (v["speedup"] >= v["speedup_goal"] and delta >= -60)
         peer = rows[f"peer-b{v['batch_size']}"]
         assert v["peer_macs_ratio"] == pytest.approx(peer["macs"] / ours["macs"])
+        timed = {
+            x["model"]: x["reps"]
+            for x in res["latency"]["rows"]
+            if x["batch_size"] == v["batch_size"]
+        }
+        rounds = v["peer_rounds"]  # the two models paired round by round in the latency step
+        assert rounds["rounds"] == timed[ours["name"]] == timed[peer["name"]]
+        assert 0 <= rounds["a_faster"] <= rounds["rounds"] and 0 < rounds["p_value"] <= 1
     report = (run / "report.md").read_text()
+    for v in res["verdicts"]:
+        assert f"timed rounds prunelab was faster in {v['peer_rounds']['a_faster']}:" in report
     assert "## Goals" in report and "Torch-Pruning uniform" in report
     dense_kib = f"| {rows['dense']['file_bytes'] / 1024:.1f} |"
     assert "| export KiB |" in report and dense_kib in report
@@ -615,3 +625,15 @@ def test_peer_verdict_says_which_side_is_ahead(acc, speed, words):
     v = {"accuracy_mean": acc, "speedup": speed, "peer_accuracy_mean": 0.85, "peer_speedup": 2.5}
     v["beats_peer"] = acc >= 0.85 and speed >= 2.5
     assert peer_words(v) == words
+
+
+def test_paired_rounds_in_words_and_absent_from_older_results():
+    from prunelab.app.goals_flow import rounds_words
+
+    p = {"rounds": 30, "a_faster": 14, "p_value": 0.8555, "verdict": "tied"}
+    assert rounds_words(p) == (
+        "; in the same 30 timed rounds prunelab was faster in 14: "
+        "a speed difference within noise (sign test p = 0.86)"
+    )
+    assert "slower beyond noise" in rounds_words({**p, "a_faster": 5, "verdict": "slower"})
+    assert rounds_words(None) == ""  # a latency step written before rows kept their rounds

@@ -11,7 +11,7 @@ from torch import nn
 
 from prunelab import latency
 from prunelab.errors import PrunelabError
-from prunelab.latency import layer_latency, measure_latency
+from prunelab.latency import layer_latency, measure_latency, paired_rounds
 from prunelab.latency_figure import figure_title
 from prunelab.latency_report import format_latency_table
 from prunelab.models import VGG, resnet20
@@ -109,6 +109,43 @@ def test_ratios_against_first_model(fake_clock):
     assert "speed-up vs dense" in table and "| pruned | 1 | 1.00 |" in table
     assert "4.00x" in table and "0.50x" in table
     assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) == 1 + 6
+
+
+def test_rows_keep_every_round_and_pair_them(fake_clock):
+    models = {"dense": Costly(4.0), "pruned": Costly(1.0)}
+    r = measure_latency(models, input_shape=(4,), batch_sizes=(1,), warmup=0, reps=5, min_seconds=0)
+    for row in r["rows"]:
+        assert row["times_ms"] == pytest.approx([row["median_ms"]] * 5)
+    p = paired_rounds(r, "pruned", "dense", 1)
+    assert p["rounds"] == 5 and p["a_faster"] == 5 and p["median_ratio"] == pytest.approx(4.0)
+    assert p["p_value"] == pytest.approx(2 / 32) and p["verdict"] == "tied"  # 5 rounds: too few
+    assert paired_rounds(r, "dense", "pruned", 1)["a_faster"] == 0
+
+
+def _pair(a: list[float], b: list[float]) -> dict:
+    rows = [{"model": m, "batch_size": 64, "times_ms": t} for m, t in (("a", a), ("b", b))]
+    return {"rows": rows}
+
+
+@pytest.mark.parametrize(
+    "wins, p, verdict",
+    [(5, 1.0, "tied"), (9, 22 / 1024, "faster"), (1, 22 / 1024, "slower"), (8, 112 / 1024, "tied")],
+)
+def test_paired_rounds_is_an_exact_sign_test(wins, p, verdict):
+    """10 rounds of 100 ms for b; a takes 99 ms in `wins` of them and 101 ms in the rest."""
+    a = [99.0] * wins + [101.0] * (10 - wins)
+    got = paired_rounds(_pair(a, [100.0] * 10), "a", "b", 64)
+    assert got["rounds"] == 10 and got["a_faster"] == wins
+    assert got["p_value"] == pytest.approx(p) and got["verdict"] == verdict
+
+
+def test_paired_rounds_needs_both_models_rounds():
+    assert paired_rounds(_pair([1.0, 2.0], [1.0]), "a", "b", 64) is None  # not the same rounds
+    assert paired_rounds(_pair([1.0], [2.0]), "a", "b", 1) is None  # no such batch size
+    old = {"rows": [{"model": "a", "batch_size": 1}, {"model": "b", "batch_size": 1}]}
+    assert paired_rounds(old, "a", "b", 1) is None  # written before rows kept their rounds
+    tied = paired_rounds(_pair([3.0, 3.0], [3.0, 3.0]), "a", "b", 64)
+    assert tied["a_faster"] == 0 and tied["p_value"] == 1.0 and tied["verdict"] == "tied"
 
 
 def test_first_model_is_the_reference_whatever_it_is(fake_clock):

@@ -32,6 +32,7 @@ from ..channels.latency_plan import latency_target_plan
 from ..channels.timing_log import stored_timings
 from ..errors import StoredTimingsError
 from ..fileio import write_json, write_png, write_text
+from ..latency import paired_rounds
 from ..latency_report import format_latency_table
 from ..models import read_checkpoint, save_checkpoint
 from .peer import peer_at_macs, peer_meta
@@ -344,6 +345,8 @@ def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
             v["beats_peer"] = (
                 ours["accuracy_mean"] >= peer["accuracy_mean"] and v["speedup"] >= v["peer_speedup"]
             )
+            # the medians decide, strictly; the paired rounds say whether that was noise
+            v["peer_rounds"] = paired_rounds(r["latency"], f"guided-b{b}", f"peer-b{b}", b)
         out.append(v)
     return out
 
@@ -357,6 +360,21 @@ def peer_words(v: dict[str, Any]) -> str:
     if acc:
         return "prunelab at least as accurate, the peer faster"
     return "the peer more accurate, prunelab faster" if fast else "peer ahead on both"
+
+
+def rounds_words(p: dict[str, Any] | None) -> str:
+    """The paired-round comparison of the two speeds, in words ("" where it was not kept)."""
+    if p is None:
+        return ""
+    said = {
+        "tied": "a speed difference within noise",
+        "faster": "faster beyond noise",
+        "slower": "slower beyond noise",
+    }[p["verdict"]]
+    return (
+        f"; in the same {p['rounds']} timed rounds prunelab was faster in {p['a_faster']}: "
+        f"{said} (sign test p = {p['p_value']:.2g})"
+    )
 
 
 LABELS = {"dense": "dense", "control": "dense control (fine-tuned as long)"}
@@ -478,6 +496,7 @@ def goals_report(r: dict[str, Any]) -> str:
                 f"  - Torch-Pruning uniform at {v['peer_macs_ratio']:.3f}x prunelab's MACs: "
                 f"{100 * v['peer_accuracy_mean']:.2f}% and {v['peer_speedup']:.2f}x, prunelab "
                 f"{100 * v['accuracy_mean']:.2f}% and {v['speedup']:.2f}x: **{peer_words(v)}**"
+                + rounds_words(v.get("peer_rounds"))
             )
     lines += [
         "",
