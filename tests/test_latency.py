@@ -11,9 +11,9 @@ from torch import nn
 
 from prunelab import latency
 from prunelab.errors import PrunelabError
-from prunelab.latency import layer_latency, measure_latency, paired_rounds
+from prunelab.latency import layer_latency, measure_latency
 from prunelab.latency_figure import figure_title
-from prunelab.latency_report import format_latency_table
+from prunelab.latency_report import format_latency_table, paired_rounds
 from prunelab.models import VGG, resnet20
 
 FAST = {"warmup": 0, "reps": 2, "min_seconds": 0}
@@ -112,14 +112,19 @@ def test_ratios_against_first_model(fake_clock):
 
 
 def test_rows_keep_every_round_and_pair_them(fake_clock):
-    models = {"dense": Costly(4.0), "pruned": Costly(1.0)}
-    r = measure_latency(models, input_shape=(4,), batch_sizes=(1,), warmup=0, reps=5, min_seconds=0)
+    models = {"dense": Costly(4.0), "pruned": Costly(1.0), "same": Costly(4.0)}
+    r = measure_latency(models, input_shape=(4,), batch_sizes=(1,), warmup=0, reps=6, min_seconds=0)
     for row in r["rows"]:
-        assert row["times_ms"] == pytest.approx([row["median_ms"]] * 5)
+        assert row["times_ms"] == pytest.approx([row["median_ms"]] * 6)
     p = paired_rounds(r, "pruned", "dense", 1)
-    assert p["rounds"] == 5 and p["a_faster"] == 5 and p["median_ratio"] == pytest.approx(4.0)
-    assert p["p_value"] == pytest.approx(2 / 32) and p["verdict"] == "tied"  # 5 rounds: too few
-    assert paired_rounds(r, "dense", "pruned", 1)["a_faster"] == 0
+    assert p["rounds"] == 6 and p["a_faster"] == 6 and p["median_ratio"] == pytest.approx(4.0)
+    assert p["p_value"] == pytest.approx(2 / 64) and p["verdict"] == "faster"
+    assert paired_rounds(r, "dense", "pruned", 1)["verdict"] == "slower"
+    table = format_latency_table(r)
+    assert "| faster in (rounds) |" in table and "| 4.00x | 6/6 |" in table
+    assert "| 1.00x | 0/6, noise |" in table  # same time every round: nothing to tell apart
+    old = {**r, "rows": [{k: v for k, v in x.items() if k != "times_ms"} for x in r["rows"]]}
+    assert "faster in" not in format_latency_table(old)  # results written before rows kept rounds
 
 
 def _pair(a: list[float], b: list[float]) -> dict:

@@ -12,9 +12,9 @@ given CPU. Two rules make the numbers comparable:
 
 Results are medians with their spread (min, max, quartiles), per model and batch size, plus the
 ratio of each median to the first model's, which is taken as the dense reference. Each row also
-keeps every round's time, so `paired_rounds` can tell whether two close medians differ by more
-than noise. The same
-result shape comes from `prunelab.onnx_export.onnx_latency`, so one table prints both.
+keeps every round's time, so `latency_report.paired_rounds` can tell whether two close medians
+differ by more than noise. The same result shape comes from
+`prunelab.onnx_export.onnx_latency`, so one table prints both.
 `layer_latency` times each conv/Linear module for latency-targeted plans.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -217,36 +216,6 @@ def build_result(
     return {"baseline": names[0], "models": names, "settings": settings, "rows": rows}
 
 
-def paired_rounds(
-    result: Mapping[str, Any], a: str, b: str, batch_size: int, alpha: float = 0.05
-) -> dict[str, Any] | None:
-    """Whether model `a` was faster than `b`, round by round, in one interleaved run.
-
-    Two medians a few percent apart can swap from one run to the next. Within a round both
-    models met the same machine conditions, so the count of rounds each won, under an exact
-    two-sided sign test, says whether a difference is more than noise. Returns {"rounds",
-    "a_faster" (rounds a won), "median_ratio" (median of b's time over a's: > 1, a faster),
-    "p_value", "verdict": "faster" | "slower" | "tied" (a against b, at `alpha`)}; None where
-    a row lacks per-round times (results written before rows kept them)."""
-    rows = {r["model"]: r for r in result["rows"] if r["batch_size"] == batch_size}
-    ta, tb = (rows.get(m, {}).get("times_ms") for m in (a, b))
-    if not ta or not tb or len(ta) != len(tb):
-        return None
-    decided = [(x, y) for x, y in zip(ta, tb, strict=True) if x != y]
-    n, wins = len(decided), sum(x < y for x, y in decided)
-    tail = sum(math.comb(n, i) for i in range(min(wins, n - wins) + 1))
-    p = min(1.0, 2 * tail / 2**n) if n else 1.0
-    verdict = "tied" if p >= alpha else ("faster" if 2 * wins > n else "slower")
-    ratios = sorted(y / x for x, y in zip(ta, tb, strict=True) if x > 0)
-    return {
-        "rounds": len(ta),
-        "a_faster": wins,
-        "median_ratio": _quantile(ratios, 0.5) if ratios else float("nan"),
-        "p_value": p,
-        "verdict": verdict,
-    }
-
-
 def _random_input(
     shape: Sequence[int], batch: int, device: torch.device, seed: int
 ) -> torch.Tensor:
@@ -338,8 +307,8 @@ def measure_latency(
     Returns {"baseline", "models", "settings", "rows"}: one row per model and batch size with
     median_ms, ms_per_image, min/max/p25/p75/iqr (ms), images_per_s, reps, ratio (median over
     the first model's), speedup (its inverse) and times_ms (every timed round, in round order,
-    so `paired_rounds` can compare two models round by round). Input conversion (uint8 -> float,
-    normalisation) is not timed: it is the same for every model.
+    so `latency_report.paired_rounds` can compare two models round by round). Input conversion
+    (uint8 -> float, normalisation) is not timed: it is the same for every model.
     """
     names = check_names(models, "models")
     sizes = check_settings(batch_sizes, threads, warmup, reps, min_seconds)

@@ -7,6 +7,8 @@ for eager PyTorch and onnxruntime results alike.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import PrunelabError
@@ -39,9 +41,41 @@ def settings_line(settings: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def paired_rounds(
+    result: Mapping[str, Any], a: str, b: str, batch_size: int, alpha: float = 0.05
+) -> dict[str, Any] | None:
+    """Whether model `a` was faster than `b`, round by round, in one interleaved run.
+
+    Two medians a few percent apart can swap from one run to the next. Within a round both
+    models met the same machine conditions, so the count of rounds each won, under an exact
+    two-sided sign test, says whether a difference is more than noise. Returns {"rounds",
+    "a_faster" (rounds a won), "median_ratio" (median of b's time over a's: > 1, a faster),
+    "p_value", "verdict": "faster" | "slower" | "tied" (a against b, at `alpha`)}; None where
+    a row lacks per-round times (results written before rows kept them)."""
+    rows = {r["model"]: r for r in result["rows"] if r["batch_size"] == batch_size}
+    ta, tb = (rows.get(m, {}).get("times_ms") for m in (a, b))
+    if not ta or not tb or len(ta) != len(tb):
+        return None
+    decided = [(x, y) for x, y in zip(ta, tb, strict=True) if x != y]
+    n, wins = len(decided), sum(x < y for x, y in decided)
+    tail = sum(math.comb(n, i) for i in range(min(wins, n - wins) + 1))
+    p = min(1.0, 2 * tail / 2**n) if n else 1.0
+    verdict = "tied" if p >= alpha else ("faster" if 2 * wins > n else "slower")
+    ratios = [y / x for x, y in zip(ta, tb, strict=True) if x > 0]
+    return {
+        "rounds": len(ta),
+        "a_faster": wins,
+        "median_ratio": statistics.median(ratios) if ratios else float("nan"),
+        "p_value": p,
+        "verdict": verdict,
+    }
+
+
 def format_latency_table(result: dict[str, Any]) -> str:
     """Markdown: model, batch, median ms, spread (p25-p75, min-max), img/s, speed-up vs the
-    first model, then one line of settings. Works for measure_latency and onnx_latency."""
+    first model and, where rows kept their rounds, in how many rounds each model beat it (a
+    speed-up is not told from noise by its median alone); then one line of settings. Works
+    for measure_latency and onnx_latency."""
     try:
         rows, baseline = result["rows"], result["baseline"]
     except (KeyError, TypeError):
@@ -49,20 +83,39 @@ def format_latency_table(result: dict[str, Any]) -> str:
             "not a latency result: expected a dict with 'rows' and 'baseline' "
             "(from measure_latency or onnx_latency)"
         ) from None
+    paired = all("times_ms" in r for r in rows)
     lines = [
         f"| model | batch | median ms | spread ms (p25-p75; min-max) | img/s "
-        f"| speed-up vs {baseline} |",
-        "|---|---:|---:|---|---:|---:|",
+        f"| speed-up vs {baseline} |" + (" faster in (rounds) |" if paired else ""),
+        "|---|---:|---:|---|---:|---:|" + ("---:|" if paired else ""),
     ]
     for r in rows:
         spread = f"{_num(r['p25_ms'])}-{_num(r['p75_ms'])}; {_num(r['min_ms'])}-{_num(r['max_ms'])}"
-        lines.append(
+        line = (
             f"| {r['model']} | {r['batch_size']} | {_num(r['median_ms'])} | {spread} "
             f"| {_num(r['images_per_s'], 1)} | {_num(r['speedup'])}x |"
         )
+        if paired:
+            p = (
+                None
+                if r["model"] == baseline
+                else paired_rounds(result, r["model"], baseline, r["batch_size"])
+            )
+            line += " - |" if p is None else f" {_won(p)} |"
+        lines.append(line)
     lines.append("")
+    if paired:
+        lines.append(
+            f"_faster in: the rounds of the interleaved run in which the model beat {baseline}; "
+            "noise: a sign test (p >= 0.05) cannot tell the two apart_"
+        )
+        lines.append("")
     lines.append(f"_{settings_line(result.get('settings', {}))}_")
     return "\n".join(lines) + "\n"
+
+
+def _won(p: dict[str, Any]) -> str:
+    return f"{p['a_faster']}/{p['rounds']}" + (", noise" if p["verdict"] == "tied" else "")
 
 
 def format_layer_table(view: dict[str, Any], batch_size: int) -> str:

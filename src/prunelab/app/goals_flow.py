@@ -32,8 +32,7 @@ from ..channels.latency_plan import latency_target_plan
 from ..channels.timing_log import stored_timings
 from ..errors import StoredTimingsError
 from ..fileio import write_json, write_png, write_text
-from ..latency import paired_rounds
-from ..latency_report import format_latency_table
+from ..latency_report import format_latency_table, paired_rounds
 from ..models import read_checkpoint, save_checkpoint
 from .peer import peer_at_macs, peer_meta
 from .report import data_and_machine, model_label
