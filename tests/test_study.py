@@ -10,6 +10,7 @@ import torch
 from prunelab.app.recipes import load_recipe
 from prunelab.app.run import run_recipe
 from prunelab.app.steps import load_splits
+from prunelab.latency_report import format_latency_table
 from prunelab.metrics import classification_metrics
 
 RECIPE = """
@@ -127,5 +128,6 @@ def test_latency_of_dense_and_pruned_models_is_in_the_report(study):
     assert all(r["median_ms"] > 0 for r in lat["rows"])
     report = (out / "report.md").read_text()
     assert "## Latency (measured)" in report
-    row = next(r for r in lat["rows"] if r["model"] == "s0.50" and r["batch_size"] == 64)
-    assert f"| s0.50 | 64 | {row['median_ms']:.2f} |" in report
+    # the report prints the latency result's own table (medians over 100 ms lose decimals)
+    table = [line for line in format_latency_table(lat).splitlines() if line.startswith("| s0")]
+    assert len(table) == 4 and all(line in report for line in table)
