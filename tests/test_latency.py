@@ -13,7 +13,7 @@ from prunelab import latency
 from prunelab.errors import PrunelabError
 from prunelab.latency import layer_latency, measure_latency
 from prunelab.latency_figure import figure_title
-from prunelab.latency_report import format_latency_table, paired_rounds
+from prunelab.latency_report import format_latency_table, p_text, paired_rounds
 from prunelab.models import VGG, resnet20
 
 FAST = {"warmup": 0, "reps": 2, "min_seconds": 0}
@@ -142,6 +142,14 @@ def test_paired_rounds_is_an_exact_sign_test(wins, p, verdict):
     got = paired_rounds(_pair(a, [100.0] * 10), "a", "b", 64)
     assert got["rounds"] == 10 and got["a_faster"] == wins
     assert got["p_value"] == pytest.approx(p) and got["verdict"] == verdict
+
+
+def test_p_value_below_float_range_is_not_printed_as_zero():
+    """1,200 rounds all won: the exact p (2 / 2**1200) is below the smallest float."""
+    got = paired_rounds(_pair([1.0] * 1200, [2.0] * 1200), "a", "b", 64)
+    assert got["p_value"] == 0.0 and got["verdict"] == "faster"
+    assert p_text(got["p_value"]) == "p < 1e-300"
+    assert p_text(22 / 1024) == "p = 0.021"
 
 
 def test_paired_rounds_needs_both_models_rounds():

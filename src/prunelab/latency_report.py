@@ -71,6 +71,12 @@ def paired_rounds(
     }
 
 
+def p_text(p: float) -> str:
+    """A sign test's p-value for people: below float range (past ~1,070 rounds all won) the
+    exact value reads 0, which no test can give, so say how small it is instead."""
+    return "p < 1e-300" if p < 1e-300 else f"p = {p:.2g}"
+
+
 def format_latency_table(result: dict[str, Any]) -> str:
     """Markdown: model, batch, median ms, spread (p25-p75, min-max), img/s, speed-up vs the
     first model and, where rows kept their rounds, in how many rounds each model beat it (a

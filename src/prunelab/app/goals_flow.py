@@ -32,7 +32,7 @@ from ..channels.latency_plan import latency_target_plan
 from ..channels.timing_log import stored_timings
 from ..errors import StoredTimingsError
 from ..fileio import write_json, write_png, write_text
-from ..latency_report import format_latency_table, paired_rounds
+from ..latency_report import format_latency_table, p_text, paired_rounds
 from ..models import read_checkpoint, save_checkpoint
 from .peer import peer_at_macs, peer_meta
 from .report import data_and_machine, model_label
@@ -372,7 +372,7 @@ def rounds_words(p: dict[str, Any] | None) -> str:
     }[p["verdict"]]
     return (
         f"; in the same {p['rounds']} timed rounds prunelab was faster in {p['a_faster']}: "
-        f"{said} (sign test p = {p['p_value']:.2g})"
+        f"{said} (sign test {p_text(p['p_value'])})"
     )
 
 
