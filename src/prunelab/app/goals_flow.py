@@ -146,8 +146,8 @@ class GoalsStudy(Study):
         latency = self._latency(dense_path, pruned)
         # every model, the control too, for every seed: the verdicts compare means over the
         # same seeds, since a seed fixes the data order and augmentation every model sees
-        # (the batch-1 models' seed 0 ran 0.27-0.33 points above their seed 1 in four runs).
-        # Seed by seed, the control first: a stopped run has whole seeds to compare.
+        # (docs/goals/findings.md: how far apart seeds 0 and 1 came out). Seed by seed, the
+        # control first: a stopped run has whole seeds to compare.
         jobs = {"control": (dense_path, self.dense_digest, None)} if g["control"] else {}
         jobs.update({name: (p, digest, dense_path) for name, (p, digest) in pruned.items()})
         runs: dict[str, dict[int, Path]] = {}
