@@ -64,3 +64,48 @@ def test_half_given_distillation_is_refused(distill, teacher):
 def test_bad_distillation_settings_are_named(field, value):
     with pytest.raises(PrunelabError, match=field):
         TrainConfig(**{field: value}).validate()
+
+
+class CountingConvNet(nn.Module):
+    """A small image model that counts its forward calls (its folded copy counts too)."""
+
+    calls = 0
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(8, 4),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        return self.net(x)
+
+
+def test_cached_teacher_logits_train_the_same_student_without_the_teacher(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (96, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 4, (96,), generator=g)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, schedule="cosine", distill=0.5)
+    teacher, cache = CountingConvNet(0), tmp_path / "logits"
+
+    def student(c: TrainConfig = cfg, t: nn.Module = teacher) -> dict[str, torch.Tensor]:
+        s = CountingConvNet(1)
+        CountingConvNet.calls = 0
+        fit(s, x, y, c, progress=False, teacher=t, teacher_cache=cache)
+        return s.state_dict()
+
+    plain = CountingConvNet(1)
+    fit(plain, x, y, cfg, progress=False, teacher=teacher)
+    first = student()
+    assert sorted(p.name.split("-")[-1] for p in cache.iterdir()) == ["epoch0.pt", "epoch1.pt"]
+    second = student()
+    assert CountingConvNet.calls == 2 * 3  # the student's own 3 steps per epoch, no teacher
+    for other in (first, second):
+        assert all(torch.equal(v, other[k]) for k, v in plain.state_dict().items())
+    student(TrainConfig(**{**cfg.__dict__, "seed": 1}))  # other batches: computed afresh
+    assert CountingConvNet.calls > 2 * 3 and len(list(cache.iterdir())) == 4
+    student(t=CountingConvNet(5))  # another teacher: computed afresh
+    assert CountingConvNet.calls > 2 * 3 and len(list(cache.iterdir())) == 6

@@ -484,6 +484,9 @@ def test_pruned_models_distil_from_dense_and_the_control_learns_from_labels(goal
         assert meta["config"]["distill"] == 0.5 and meta["teacher"].endswith("dense/model.pth")
     control = load_model(run / "finetune" / "control-seed0.pth")[1]["meta"]
     assert control["config"]["distill"] == 0.0 and "teacher" not in control
+    # one teacher: its logits saved once per seed and epoch (1 epoch here), then shared
+    logits = sorted(p.name.split("-")[-1] for p in (run / "finetune" / "teacher-logits").iterdir())
+    assert logits == ["epoch0.pt", "epoch0.pt"]
     for b in (1, 8):  # the plans kept every group near the uniform ratio, on the recipe's grid
         plan = res["plans"][f"guided-b{b}"]
         u = plan["band"]["uniform_ratio"]

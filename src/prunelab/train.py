@@ -41,6 +41,7 @@ from .evaluation import (
 from .fold import fold_batchnorm
 from .memory_format import channels_last_training_is_safe
 from .precision import use_bf16
+from .teacher_cache import TeacherLogits
 from .train_state import load_state, run_settings, save_state
 
 _save_state, _load_state, _to_input = save_state, load_state, to_input  # older names
@@ -241,6 +242,7 @@ def fit(
     normalize: Normalize = None,
     run_key: Mapping[str, Any] | None = None,
     teacher: nn.Module | None = None,
+    teacher_cache: str | Path | None = None,
 ) -> FitResult:
     """Train `model` in place; checkpoint the full loop state to `state_path` every epoch.
 
@@ -263,7 +265,9 @@ def fit(
     (1 - distill) * cross-entropy + distill * T^2 * KL(teacher's softened logits || the
     model's), T = cfg.temperature; the teacher (frozen, eval mode, same inputs) is typically
     the dense model a pruned one came from, so the pruned one learns its full output
-    distribution rather than the labels alone.
+    distribution rather than the labels alone. `teacher_cache`: a folder where the teacher's
+    logits are saved per epoch and read back by any later fit with the same teacher, data,
+    seed and input pipeline (prunelab.teacher_cache; not under torchrun).
     """
     cfg.validate()
     check_distillation(cfg, teacher is not None)
@@ -295,6 +299,23 @@ def fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    logit_cache = None
+    if teacher is not None and teacher_cache is not None and world == 1:
+        logit_cache = TeacherLogits(
+            teacher_cache,
+            teacher,
+            train_x,
+            train_y,
+            {
+                "seed": cfg.seed,
+                "batch_size": cfg.batch_size,
+                "pad": pad,
+                "channels_last": channels_last,
+                "bf16": bf16,
+                "normalize": normalize,
+                "torch": torch.__version__,
+            },
+        )
     if teacher is not None:
         example = example_batch(teacher, train_x[:8], normalize)  # on the teacher's device
         teacher = _frozen_teacher(teacher, device, channels_last, example)
@@ -338,6 +359,10 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen, e0 = 0, time.perf_counter()
+            cached = collected = None
+            if logit_cache is not None:
+                cached = logit_cache.load(epoch, steps_per_epoch * cfg.batch_size, device)
+                collected = [] if cached is None and first == 0 else None
             bar = tqdm(
                 range(first, steps_per_epoch),
                 desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
@@ -362,9 +387,14 @@ def fit(
                         check_width = False
                     logits = out.float()
                     loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                    if teacher is not None:
+                    if cached is not None:
+                        soft = cached[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                    elif teacher is not None:
                         with torch.no_grad():
                             soft = teacher(inp).float()
+                        if collected is not None:
+                            collected.append(soft)
+                    if teacher is not None:
                         loss = (1 - cfg.distill) * loss + cfg.distill * distill_loss(
                             logits, soft, cfg.temperature
                         )
@@ -407,6 +437,8 @@ def fit(
                         f"state saved to {state_path}"
                     )
             bar.close()
+            if collected:
+                logit_cache.save(epoch, torch.cat(collected))
             if world > 1:
                 # DDP broadcasts buffers before each forward, so after the last one every rank
                 # holds BatchNorm statistics of its own shard: make them rank 0's everywhere

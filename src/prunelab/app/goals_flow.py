@@ -238,6 +238,8 @@ class GoalsStudy(Study):
     ) -> Path:
         """One model, one seed. With finetune.distill > 0 every pruned model distils from
         the dense one (teacher); the control is the dense model itself, trained on labels.
+        The teacher's logits are saved the first time and read back by the other pruned
+        models of the seed (they see the same batches), identical and without its forward.
         parent: the digest of the step that made `src`, so a model remade at the same path
         (another plan, another dense model) is fine-tuned again."""
         cfg = copy.deepcopy(self.rec["goals"]["finetune"])
@@ -255,6 +257,7 @@ class GoalsStudy(Study):
                 cfg,
                 dense=name == "control",
                 teacher=teacher,
+                teacher_cache=self.out / "finetune" / "teacher-logits",
                 resume=self.interrupted(out),
                 device=self.device,
                 progress=self.progress,

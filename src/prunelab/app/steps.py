@@ -511,11 +511,13 @@ def finetune(
     step_hook: Any = None,
     parent: str | None = None,
     teacher: nn.Module | None = None,
+    teacher_cache: str | os.PathLike | None = None,
 ) -> tuple[FitResult, dict[str, float]]:
     """Fine-tune with the masks held fixed (or growing, with a gradual pruner's hook).
 
     `out`: the checkpoint the caller will write; the resume state lives beside it.
-    `teacher`: distil from it (cfg.distill > 0; see prunelab.train.fit)."""
+    `teacher`: distil from it (cfg.distill > 0; see prunelab.train.fit), with its logits saved
+    in and read from the folder `teacher_cache` when given."""
     if pruner is not None and step_hook is None:
         reapply_masks(model, pruner)  # masks are the truth: edited weights are zeroed (warned)
     before = sparsity_report(model, macs=False)["prunable_sparsity"] if pruner else 0.0
@@ -536,6 +538,7 @@ def finetune(
         normalize=norm(model),
         run_key=run_key(model, splits, parent),
         teacher=teacher,
+        teacher_cache=teacher_cache,
     )
     after = sparsity_report(model, macs=False)["prunable_sparsity"] if pruner else 0.0
     if step_hook is None and pruner is not None and after != before:
@@ -558,13 +561,15 @@ def finetune_checkpoint(
     meta: dict[str, Any] | None = None,
     dense: bool = False,
     teacher: str | os.PathLike | None = None,
+    teacher_cache: str | os.PathLike | None = None,
     **load: Any,
 ) -> tuple[nn.Module, Any, FitResult, dict[str, float]]:
     """Load `src`, fine-tune it with its masks fixed (or prune it gradually towards `target`
     when `gradual` holds the schedule's options), save `out` and clear the resume state.
     dense=True fine-tunes an unpruned checkpoint as it is (a control trained as long).
     teacher: a checkpoint (usually the dense parent) to distil from; cfg.distill > 0 says how
-    much. It must take the same inputs (the same normalisation) as the model.
+    much. It must take the same inputs (the same normalisation) as the model. teacher_cache: a
+    folder for its logits, shared by students fine-tuned on the same data and seed.
 
     `splits` may be a function that loads them: it is called only once the checkpoint and
     its masks have been checked, so a bad checkpoint is refused before any data is read."""
@@ -614,6 +619,7 @@ def finetune_checkpoint(
         step_hook=hook,
         parent=str(src),
         teacher=guide,
+        teacher_cache=teacher_cache,
     )
     if gradual is not None and not pruner.frozen:
         raise PrunelabError(
