@@ -94,12 +94,29 @@ def test_finetune_distils_from_the_dense_model(d, jpeg_root, cifar_cache):
     assert meta["config"]["distill"] == 0.7 and meta["config"]["temperature"] == 2.0
 
 
+def test_finetune_reuses_saved_teacher_logits_with_the_same_result(d, jpeg_root, cifar_cache):
+    slim, logits = d / "rn-kd-src.pth", d / "teacher-logits"
+    if not slim.exists():
+        assert main(["prune", str(d / "rn.pth"), "--channels", "0.5", "--out", str(slim)]) == 0
+    argv = ["finetune", str(slim), "--data-dir", str(jpeg_root), "--cache-dir", str(cifar_cache),
+            "--train-subset", "128", "--test-subset", "64", "--val-size", "0", "--epochs", "2",
+            "--batch-size", "64", "--no-progress", "--distill", str(d / "rn.pth"),
+            "--teacher-logits", str(logits)]  # fmt: skip
+    runs = []
+    for name in ("first", "second"):
+        assert main([*argv, "--out", str(d / f"rn-kd-{name}.pth")]) == 0
+        runs.append(load_model(d / f"rn-kd-{name}.pth")[0].state_dict())
+        assert sorted(p.name[-9:] for p in logits.iterdir()) == ["epoch0.pt", "epoch1.pt"]
+    assert all(torch.equal(v, runs[1][k]) for k, v in runs[0].items())
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [
         (["--distill-weight", "2"], "weight '2' is outside [0, 1]"),
         (["--temperature", "0"], "--temperature"),
         (["--distill", "missing.pth"], "missing.pth"),
+        (["--teacher-logits", "kd-logits"], "give --distill"),
     ],
 )
 def test_bad_distillation_flags_are_one_line(d, capsys, extra, needle):

@@ -350,6 +350,8 @@ def finetune(args: argparse.Namespace) -> int:
     check_out(args.out)
     if args.sparsity is not None and args.plan is not None:
         raise PrunelabError("give at most one of --sparsity S or --plan plan.json")
+    if args.teacher_logits and not args.distill:
+        raise PrunelabError("--teacher-logits FOLDER saves a teacher's outputs: give --distill")
     dev, cfg = device(args), train_config(args, keep_best=True)
     target = read_plan(args.plan) if args.plan else args.sparsity
     gradual = None
@@ -371,6 +373,7 @@ def finetune(args: argparse.Namespace) -> int:
         device=dev,
         progress=not args.no_progress,
         teacher=args.distill,
+        teacher_cache=args.teacher_logits,
         **load_args(args),
     )
     out = Path(args.out)
