@@ -487,6 +487,7 @@ def test_pruned_models_distil_from_dense_and_the_control_learns_from_labels(goal
     # one teacher: its logits saved once per seed and epoch (1 epoch here), then shared
     logits = sorted(p.name.split("-")[-1] for p in (run / "finetune" / "teacher-logits").iterdir())
     assert logits == ["epoch0.pt", "epoch0.pt"]
+    assert "its logits computed once per seed" in (run / "report.md").read_text()
     for b in (1, 8):  # the plans kept every group near the uniform ratio, on the recipe's grid
         plan = res["plans"][f"guided-b{b}"]
         u = plan["band"]["uniform_ratio"]

@@ -453,7 +453,8 @@ def goals_report(r: dict[str, Any]) -> str:
         f"{ft['optimizer']} (lr {ft['lr']}, {ft['schedule']}), seeds {g['seeds']}"
         + (
             f"; every pruned model (the peer too) distils from the dense one (weight "
-            f"{ft['distill']}, temperature {ft['temperature']}), the control learns from labels"
+            f"{ft['distill']}, temperature {ft['temperature']}; its logits computed once per seed "
+            "and shared, in finetune/teacher-logits), the control learns from labels"
             if ft.get("distill")
             else ""
         ),
