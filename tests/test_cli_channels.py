@@ -116,7 +116,9 @@ def test_finetune_reuses_saved_teacher_logits_with_the_same_result(d, jpeg_root,
         (["--distill-weight", "2"], "weight '2' is outside [0, 1]"),
         (["--temperature", "0"], "--temperature"),
         (["--distill", "missing.pth"], "missing.pth"),
-        (["--teacher-logits", "kd-logits"], "give --distill"),
+        (["--teacher-logits", "kd-logits"], "--teacher-logits set distillation: give --distill"),
+        (["--distill-weight", "0.7"], "--distill-weight set distillation: give --distill"),
+        (["--temperature", "2", "--distill-weight", "1"], "--distill-weight, --temperature set"),
     ],
 )
 def test_bad_distillation_flags_are_one_line(d, capsys, extra, needle):

@@ -451,13 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--distill-weight",
         type=weight,
-        default=0.5,
+        default=None,
         help="--distill: weight of the teacher's term, in [0, 1] (default 0.5)",
     )
     s.add_argument(
         "--temperature",
         type=positive,
-        default=4.0,
+        default=None,
         help="--distill: temperature softening both outputs (default 4)",
     )
     s.add_argument(

@@ -92,7 +92,10 @@ def train_config(args: argparse.Namespace, keep_best: bool = False):
         seed=args.seed,
         keep_best=keep_best,
         **(  # finetune --distill TEACHER: the teacher's weight and temperature
-            {"distill": args.distill_weight, "temperature": args.temperature}
+            {
+                "distill": 0.5 if args.distill_weight is None else args.distill_weight,
+                "temperature": 4.0 if args.temperature is None else args.temperature,
+            }
             if getattr(args, "distill", None)
             else {}
         ),
@@ -350,8 +353,17 @@ def finetune(args: argparse.Namespace) -> int:
     check_out(args.out)
     if args.sparsity is not None and args.plan is not None:
         raise PrunelabError("give at most one of --sparsity S or --plan plan.json")
-    if args.teacher_logits and not args.distill:
-        raise PrunelabError("--teacher-logits FOLDER saves a teacher's outputs: give --distill")
+    given = [
+        flag
+        for flag, v in (
+            ("--distill-weight", args.distill_weight),
+            ("--temperature", args.temperature),
+            ("--teacher-logits", args.teacher_logits),
+        )
+        if v is not None
+    ]
+    if given and not args.distill:
+        raise PrunelabError(f"{', '.join(given)} set distillation: give --distill TEACHER too")
     dev, cfg = device(args), train_config(args, keep_best=True)
     target = read_plan(args.plan) if args.plan else args.sparsity
     gradual = None
