@@ -132,6 +132,15 @@ def test_bad_distillation_flags_are_one_line(d, capsys, extra, needle):
     assert not out.exists()
 
 
+def test_teacher_logits_in_a_file_are_refused_before_work(d, capsys):
+    out, teacher = d / "never-kd.pth", str(d / "rn.pth")
+    argv = ["finetune", teacher, "--distill", teacher, "--teacher-logits", teacher]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rn.pth exists and is a file; expected a folder" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_a_teacher_with_other_inputs_is_refused(d, tmp_path):
     from prunelab.app.steps import finetune_checkpoint
     from prunelab.train import TrainConfig

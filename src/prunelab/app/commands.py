@@ -364,6 +364,7 @@ def finetune(args: argparse.Namespace) -> int:
     ]
     if given and not args.distill:
         raise PrunelabError(f"{', '.join(given)} set distillation: give --distill TEACHER too")
+    check_out_dir(args.teacher_logits)
     dev, cfg = device(args), train_config(args, keep_best=True)
     target = read_plan(args.plan) if args.plan else args.sparsity
     gradual = None
