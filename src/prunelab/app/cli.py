@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FOLDER",
         help="--distill: save the teacher's outputs per epoch in FOLDER and reuse them when "
         "another model is fine-tuned from the same teacher, data, seed and batch size (the "
-        "same result, without the teacher's forward: ~40%% of a step for a dense VGG)",
+        "same result, without the teacher's forward: about half a step for a dense VGG)",
     )
     s.add_argument("--out", required=True, help="fine-tuned checkpoint to write")
 
