@@ -387,14 +387,14 @@ def fit(
                         check_width = False
                     logits = out.float()
                     loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                    if cached is not None:
-                        soft = cached[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                    elif teacher is not None:
-                        with torch.no_grad():
-                            soft = teacher(inp).float()
-                        if collected is not None:
-                            collected.append(soft)
                     if teacher is not None:
+                        if cached is not None:
+                            soft = cached[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                        else:
+                            with torch.no_grad():
+                                soft = teacher(inp).float()
+                            if collected is not None:
+                                collected.append(soft)
                         loss = (1 - cfg.distill) * loss + cfg.distill * distill_loss(
                             logits, soft, cfg.temperature
                         )
