@@ -177,6 +177,7 @@ class ChannelsStudy(Study):
             **self.results_head(dense, dense_ckpt, splits),
             "kind": "channels",
             "channels": json.loads(json.dumps(ch, default=lambda o: o.__dict__)),
+            "validation_check": (scan or {}).get("validation_check"),
             "rows": [dense_summary, *rows],
             "latency": latency,
             "timings_seconds": self.timings,

@@ -165,6 +165,7 @@ class GoalsStudy(Study):
             "kind": "goals",
             "goals": json.loads(json.dumps(g, default=lambda o: o.__dict__)),
             "plans": plans,
+            "validation_check": scan.get("validation_check"),
             "rows": rows,
             "latency": latency,
             "timings_seconds": self.timings,

@@ -162,8 +162,18 @@ def finetune_table(rows: list[dict[str, Any]], optimizers: list[str], dense_acc:
 def data_and_machine(r: dict[str, Any]) -> list[str]:
     """The data and environment lines of the channels and goals reports."""
     env = r["environment"]
+    check = r.get("validation_check")
+    seen = []
+    if check and check["seen"]:
+        seen = [
+            f"- the scan's validation images were probably trained on: the dense model scores "
+            f"{100 * check['val_accuracy']:.2f} % on them and {100 * check['test_accuracy']:.2f} %"
+            f" on {check['images']:,} test images (the scan's ranking of layers rests on them; "
+            "the accuracies below are on the test images)"
+        ]
     return [
         f"- data: {r['data']['source']}; {r['data']['test_images']} test images",
+        *seen,
         f"- environment: {env['device']}, torch {env['torch']}, prunelab {env['prunelab']}",
     ]
 

@@ -45,6 +45,7 @@ from .steps import (
     summarize,
     train_dense,
 )
+from .validation_check import seen_validation, seen_warning
 
 
 def tag(s: float) -> str:
@@ -296,7 +297,7 @@ class Study:
     def _sensitivity(self, model: Any, splits: Splits) -> None:
         s = self.rec["sensitivity"]
         x, y = scan_images(splits, s["split"], self.rec["data"].get("scan_subset"), self.rec)
-        scan_to_folder(
+        res = scan_to_folder(
             model,
             x,
             y,
@@ -308,6 +309,9 @@ class Study:
             device=self.device,
             bf16=s["bf16"],
             progress=self.progress,
+        )
+        self.validation_check(
+            model, splits, s["split"], res["dense_accuracy"], len(y), "sensitivity scan"
         )
 
     def _prune(self, dense_path: Path, s: float, path: Path) -> None:
@@ -418,7 +422,26 @@ class Study:
             ),
         )
         res["images"] = len(y)
+        check = self.validation_check(
+            model, splits, "val", res["dense_accuracy"], len(y), "channel scan"
+        )
+        if check is not None:
+            res["validation_check"] = check
         write_json(path, res)
+
+    def validation_check(
+        self, model: Any, splits: Splits, split: str, accuracy: float, images: int, scan: str
+    ) -> dict[str, Any] | None:
+        """For a scan on validation images with a dense model read from a checkpoint (which
+        may have trained on them: app.validation_check), its test accuracy beside the scan's,
+        with a warning in the log when the gap says so; None when there is nothing to check."""
+        if split not in ("val", "validation") or not self.model_spec["checkpoint"]:
+            return None
+        check = seen_validation(model, splits, accuracy, images, self.rec["seed"])
+        line = seen_warning(check, scan)
+        if line:
+            tqdm.write(f"prunelab: {line}")
+        return check
 
     def _evaluated(self, name: str, model: Any, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json under a
