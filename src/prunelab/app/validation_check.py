@@ -4,7 +4,8 @@ A recipe holds its validation images out of the training folder. A dense model t
 trains never sees them, but a checkpoint trained on the whole training folder (the shared
 full-width VGG was) has: it scored 95.45 % on the goals recipe's 2,000 validation images
 and 89.50 % on 2,000 test images. A scan on such images measures how pruning hurts
-memorised images, and its accuracies are not comparable to test accuracies. So when the
+memorised images, and its accuracies are not comparable to test accuracies (on that VGG the
+ranking of layers moved little: docs/goals/findings.md, but nothing promises that). So when the
 dense model comes from a checkpoint, its accuracy on as many test images is set beside the
 scan's, and a gap too large for sampling noise is reported. Nothing is chosen on the test
 images: they only decide whether to warn.
