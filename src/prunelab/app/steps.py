@@ -627,6 +627,12 @@ def finetune_checkpoint(
             f"(at {pruner.current}, target {pruner.final_overall})"
         )
     test = evaluate_on(model, splits, device=device)
+    from .validation_check import fine_tune_check, fine_tune_warning  # it builds on this module
+
+    check = fine_tune_check(res, cfg, splits, test["accuracy"])
+    line = fine_tune_warning(check, desc)
+    if line and _rank0():
+        tqdm.write(f"prunelab: {line}")
     info = dict(light(ck.get("meta", {})))
     info.update(
         {
@@ -641,6 +647,7 @@ def finetune_checkpoint(
             "sparsity": sparsity_report(model, macs=False)["prunable_sparsity"],
             **({"updates": pruner.updates, "plan": target} if gradual is not None else {}),
             **({"teacher": str(teacher)} if teacher is not None else {}),
+            **({"validation_check": check} if check else {}),
             **(meta or {}),
         }
     )

@@ -21,7 +21,7 @@ from ..errors import PrunelabError
 from ..export import export_compressed
 from ..fileio import write_json
 from ..latency import measure_latency
-from ..models import load_model, save_checkpoint
+from ..models import load_model, read_checkpoint, save_checkpoint
 from ..pruning import sparsity_report
 from ..safeload import load_tensors
 from ..sensitivity import plot_weight_histograms
@@ -435,13 +435,22 @@ class Study:
         """For a scan on validation images with a dense model read from a checkpoint (which
         may have trained on them: app.validation_check), its test accuracy beside the scan's,
         with a warning in the log when the gap says so; None when there is nothing to check."""
-        if split not in ("val", "validation") or not self.model_spec["checkpoint"]:
+        if split not in ("val", "validation") or not self.dense_from_checkpoint():
             return None
-        check = seen_validation(model, splits, accuracy, images, self.rec["seed"])
+        test = scan_images(splits, "test", images, self.rec)
+        check = seen_validation(model, test, len(splits.classes), accuracy, images)
         line = seen_warning(check, scan)
         if line:
             tqdm.write(f"prunelab: {line}")
         return check
+
+    def dense_from_checkpoint(self) -> bool:
+        """Whether this run's dense model was read from a checkpoint, not trained here (as it
+        is when the checkpoint's URL cannot be reached): its record says which."""
+        path = self.out / "dense" / "model.pth"
+        if not self.model_spec["checkpoint"] or not path.exists():
+            return False
+        return str(read_checkpoint(path)["meta"].get("source", "")).startswith("checkpoint ")
 
     def _evaluated(self, name: str, model: Any, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json under a
