@@ -33,7 +33,7 @@ def _splits(model, shift: int) -> Splits:
 def test_validation_far_above_test_is_reported_as_seen():
     model = build_model("vgg", {"width": 0.125})
     splits = _splits(model, shift=1)
-    check = seen_validation(model, (splits.test_x, splits.test_y), 10, 0.95, 40)
+    check = seen_validation(model, (splits.test_x, splits.test_y), 10, 0.95, 40, None)
     assert check["test_accuracy"] == 0.0 and check["images"] == 40 and check["seen"]
     line = seen_warning(check, "channel scan")
     assert "95.00 %" in line and "0.00 %" in line and "val/ folder" in line
@@ -42,7 +42,7 @@ def test_validation_far_above_test_is_reported_as_seen():
 def test_validation_level_with_test_is_not_reported():
     model = build_model("vgg", {"width": 0.125})
     splits = _splits(model, shift=0)
-    check = seen_validation(model, (splits.test_x, splits.test_y), 10, 0.99, 40)
+    check = seen_validation(model, (splits.test_x, splits.test_y), 10, 0.99, 40, None)
     assert check["test_accuracy"] == 1.0 and not check["seen"]
     assert seen_warning(check, "channel scan") is None
 
@@ -107,10 +107,9 @@ def _history(*vals):
 
 
 def test_a_fine_tune_is_judged_on_the_epoch_it_kept():
-    splits = SimpleNamespace(val_y=torch.zeros(5000), test_y=torch.zeros(10000))
     res = _history(0.93, 0.91)
-    best = fine_tune_check(res, TrainConfig(keep_best=True), splits, 0.895)
-    last = fine_tune_check(res, TrainConfig(keep_best=False), splits, 0.895)
+    best = fine_tune_check(res, TrainConfig(keep_best=True), 5000, 0.895, 10000)
+    last = fine_tune_check(res, TrainConfig(keep_best=False), 5000, 0.895, 10000)
     assert best["epoch"] == 1 and best["seen"] and best["val_accuracy"] == 0.93
     assert last["epoch"] == 2 and not last["seen"]  # 91 %: 1.5 points above test
     line = fine_tune_warning(best, "finetune")
@@ -119,7 +118,7 @@ def test_a_fine_tune_is_judged_on_the_epoch_it_kept():
     assert "kept its best" not in fine_tune_warning({**last, "seen": True}, "ft")
     assert fine_tune_warning(last, "finetune") is None
     no_val = FitResult(history=[{"epoch": 1}])
-    assert fine_tune_check(no_val, TrainConfig(keep_best=True), splits, 0.9) is None
+    assert fine_tune_check(no_val, TrainConfig(keep_best=True), 5000, 0.9, 10000) is None
 
 
 def test_fine_tuning_warns_and_records_when_validation_reads_high(tmp_path, monkeypatch, capsys):

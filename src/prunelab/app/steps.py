@@ -35,6 +35,7 @@ from ..sensitivity import (
     write_scan,
 )
 from ..train import FitResult, TrainConfig, check_distillation, evaluate, fit, reapply_masks
+from .validation_check import fine_tune_check, fine_tune_warning
 
 
 @dataclass
@@ -627,9 +628,7 @@ def finetune_checkpoint(
             f"(at {pruner.current}, target {pruner.final_overall})"
         )
     test = evaluate_on(model, splits, device=device)
-    from .validation_check import fine_tune_check, fine_tune_warning  # it builds on this module
-
-    check = fine_tune_check(res, cfg, splits, test["accuracy"])
+    check = fine_tune_check(res, cfg, len(splits.val_y), test["accuracy"], len(splits.test_y))
     line = fine_tune_warning(check, desc)
     if line and _rank0():
         tqdm.write(f"prunelab: {line}")

@@ -438,7 +438,7 @@ class Study:
         if split not in ("val", "validation") or not self.dense_from_checkpoint():
             return None
         test = scan_images(splits, "test", images, self.rec)
-        check = seen_validation(model, test, len(splits.classes), accuracy, images)
+        check = seen_validation(model, test, len(splits.classes), accuracy, images, norm(model))
         line = seen_warning(check, scan)
         if line:
             tqdm.write(f"prunelab: {line}")

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..evaluation import Normalize
 from ..train import FitResult, TrainConfig, evaluate
-from .steps import Splits, norm
 
 # with 2,000 images on each side the gap's standard error is about one point at 90 %
 SEEN_GAP = 0.03
@@ -51,13 +51,14 @@ def seen_validation(
     classes: int,
     val_accuracy: float,
     val_images: int,
+    normalize: Normalize = None,
 ) -> dict[str, Any]:
-    """The model's accuracy on `test` (images, labels; as many as the scan read) beside
-    `val_accuracy`, its accuracy on the scan's `val_images` validation images; "seen" when
-    the gap says so (gap_is_seen)."""
+    """The model's accuracy on `test` (images, labels; as many as the scan read, normalised
+    as the model expects) beside `val_accuracy`, its accuracy on the scan's `val_images`
+    validation images; "seen" when the gap says so (gap_is_seen)."""
     x, y = test
     device = next(model.parameters()).device
-    res = evaluate(model, x, y, classes, normalize=norm(model), fold_bn=True, device=device)
+    res = evaluate(model, x, y, classes, normalize=normalize, fold_bn=True, device=device)
     test_accuracy = float(res["accuracy"])
     return {
         "val_accuracy": float(val_accuracy),
@@ -81,7 +82,7 @@ def seen_warning(check: dict[str, Any], scan: str) -> str | None:
 
 
 def fine_tune_check(
-    res: FitResult, cfg: TrainConfig, splits: Splits, test_accuracy: float
+    res: FitResult, cfg: TrainConfig, val_images: int, test_accuracy: float, test_images: int
 ) -> dict[str, Any] | None:
     """The validation accuracy of the weights a fine-tune kept beside their test accuracy
     (`seen` as for a scan); None when it had no validation images."""
@@ -89,7 +90,7 @@ def fine_tune_check(
     val = res.history[kept - 1].get("val_accuracy") if kept else None
     if val is None:
         return None
-    n_val, n_test = len(splits.val_y), len(splits.test_y)
+    n_val, n_test = val_images, test_images
     return {
         "val_accuracy": float(val),
         "test_accuracy": float(test_accuracy),
