@@ -47,15 +47,14 @@ def test_validation_level_with_test_is_not_reported():
     assert seen_warning(check, "channel scan") is None
 
 
-def test_only_scans_on_validation_images_of_a_read_checkpoint_are_checked(tmp_path, capsys):
+def test_only_scans_on_validation_images_of_a_read_checkpoint_are_checked(capsys):
     model = build_model("vgg", {"width": 0.125})
     splits = _splits(model, shift=1)
-    (tmp_path / "dense").mkdir()
 
     def check(checkpoint, split, source):
-        save_checkpoint(tmp_path / "dense" / "model.pth", model, {"source": source})
-        me = SimpleNamespace(model_spec={"checkpoint": checkpoint}, rec={"seed": 0}, out=tmp_path)
-        me.dense_from_checkpoint = lambda: Study.dense_from_checkpoint(me)
+        # the record Study.dense_model reads back (checkpoint: the recipe's [model] entry)
+        me = SimpleNamespace(model_spec={"checkpoint": checkpoint}, rec={"seed": 0},
+                             dense_source=source)  # fmt: skip
         return Study.validation_check(me, model, splits, split, 0.9, 40, "channel scan")
 
     read = "checkpoint dense.pth"

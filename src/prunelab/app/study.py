@@ -21,7 +21,7 @@ from ..errors import PrunelabError
 from ..export import export_compressed
 from ..fileio import write_json
 from ..latency import measure_latency
-from ..models import load_model, read_checkpoint, save_checkpoint
+from ..models import load_model, save_checkpoint
 from ..pruning import sparsity_report
 from ..safeload import load_tensors
 from ..sensitivity import plot_weight_histograms
@@ -68,6 +68,7 @@ class Study:
     ):
         self.rec, self.data_dir, self.out, self.cache = rec, data_dir, out, cache
         self.device, self.progress, self.fresh = device, progress, fresh
+        self.dense_source = ""  # where the dense model came from: its record, once read
         self.timings: dict[str, float] = {}
 
     # ----- step machinery -----
@@ -265,7 +266,9 @@ class Study:
         self.dense_digest = self.step(
             "dense model", path, lambda: self._dense(splits, path), settings
         )
-        return (path, *self.load(path))
+        model, ck = self.load(path)
+        self.dense_source = str(ck["meta"].get("source", ""))
+        return path, model, ck
 
     def _dense(self, splits: Splits, path: Path) -> None:
         m = self.model_spec
@@ -435,7 +438,9 @@ class Study:
         """For a scan on validation images with a dense model read from a checkpoint (which
         may have trained on them: app.validation_check), its test accuracy beside the scan's,
         with a warning in the log when the gap says so; None when there is nothing to check."""
-        if split not in ("val", "validation") or not self.dense_from_checkpoint():
+        # _dense records a checkpoint it read so; one it trained (the checkpoint's URL could
+        # not be reached) never saw the validation images
+        if split not in ("val", "validation") or not self.dense_source.startswith("checkpoint "):
             return None
         test = scan_images(splits, "test", images, self.rec)
         check = seen_validation(model, test, len(splits.classes), accuracy, images, norm(model))
@@ -443,14 +448,6 @@ class Study:
         if line:
             tqdm.write(f"prunelab: {line}")
         return check
-
-    def dense_from_checkpoint(self) -> bool:
-        """Whether this run's dense model was read from a checkpoint, not trained here (as it
-        is when the checkpoint's URL cannot be reached): its record says which."""
-        path = self.out / "dense" / "model.pth"
-        if not self.model_spec["checkpoint"] or not path.exists():
-            return False
-        return str(read_checkpoint(path)["meta"].get("source", "")).startswith("checkpoint ")
 
     def _evaluated(self, name: str, model: Any, splits: Splits, target: float) -> dict[str, Any]:
         """Test metrics of a model, cached with its predictions in eval/<name>.json under a

@@ -90,15 +90,14 @@ def fine_tune_check(
     val = res.history[kept - 1].get("val_accuracy") if kept else None
     if val is None:
         return None
-    n_val, n_test = val_images, test_images
     return {
         "val_accuracy": float(val),
         "test_accuracy": float(test_accuracy),
-        "images": n_test,
-        "val_images": n_val,
+        "images": test_images,
+        "val_images": val_images,
         "epoch": kept,
         "keep_best": bool(cfg.keep_best),
-        "seen": gap_is_seen(val, n_val, test_accuracy, n_test),
+        "seen": gap_is_seen(val, val_images, test_accuracy, test_images),
     }
 
 
