@@ -13,6 +13,7 @@ from prunelab.channels import (
     ChannelError,
     channel_groups,
     channel_importance,
+    graph_of,
     kept_channels,
     prune_channels,
     sort_channels,
@@ -357,7 +358,11 @@ def test_grouped_conv_blocks_its_groups_and_says_why():
     m.prunelab_arch = make_arch("x:y", {}, (3, 16, 16))
     assert list(channel_groups(m)) == ["conv3"]
     with pytest.raises(PlanError, match=r"channel group 'conv1' cannot be pruned: it holds "
-                       r"Conv2d 'conv2', which prunelab cannot cut consistently"):  # fmt: skip
+                       r"Conv2d 'conv2' \(a grouped convolution, groups=2\), which prunelab "
+                       r"cannot cut consistently"):  # fmt: skip
         prune_channels(m, {"conv1": 0.5})
+    # what a uniform ratio leaves whole, and why, so a command can say it
+    assert set(graph_of(m).unprunable) == {"conv1", "conv2"}
+    assert "groups=2" in graph_of(m).unprunable["conv1"]
     assert prune_channels(m, 0.5) == {"conv3": 8}
     assert m(torch.rand(1, 3, 16, 16)).shape == (1, 4)

@@ -34,6 +34,14 @@ NETS = textwrap.dedent(
             x = x + self.body(x)
             return self.fc(x.mean(dim=(2, 3)))
 
+    def grouped(num_classes=10, in_channels=3):
+        """conv -> grouped conv (groups=2) -> conv: only the last one can lose channels."""
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
     def not_a_module():
         return 42
     '''
@@ -134,3 +142,40 @@ def test_bad_factories_are_one_line_errors(work, capsys, model, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (d / "x.pth").exists()
+
+
+def test_default_hold_out_fits_a_small_tree(work, capsys):
+    """With no --val-size a 72-image tree holds out a tenth (7), not the study's 5,000."""
+    d, tree = work
+    ck = d / "dense.pth"
+    args = ["train", "--model", "mynets:tiny", "--data-dir", str(tree), "--no-progress",
+            "--epochs", "1", "--batch-size", "12", "--out", str(ck)]  # fmt: skip
+    assert main(args) == 0
+    assert "7 of the 72 training images held out" in capsys.readouterr().out
+    assert main([*args[:-2], "--val-size", "73", "--out", str(d / "x.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "73 validation images: expected 0 to 72" in err and "--val-fraction" in err
+    assert len(err.strip().splitlines()) == 1 and not (d / "x.pth").exists()
+
+
+def test_default_val_size_is_the_studys_on_cifar_sized_trees():
+    from prunelab.app.steps import default_val_size
+
+    assert default_val_size(50_000) == 5000 and default_val_size(60_000) == 5000
+    assert default_val_size(900) == 90 and default_val_size(9) == 0
+
+
+def test_channel_pruning_says_which_layers_it_left_whole(work, capsys):
+    """A uniform ratio cannot cut a grouped conv's channels: the command says so, and why."""
+    d, tree = work
+    ck = d / "g.pth"
+    assert _train(tree, "mynets:grouped", ck) == 0
+    capsys.readouterr()
+    out = d / "slim.pth"
+    args = ["prune", str(ck), "--model", "mynets:grouped", "--channels", "0.5", "--out", str(out)]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| 4 | 16 | 8 |" in lines  # the last conv lost half its channels
+    whole = [line for line in lines if line.startswith("left whole:")]
+    assert len(whole) == 2 and all("(a grouped convolution, groups=2)" in w for w in whole)
+    assert whole[1].startswith("left whole: 0 (channel group '0' cannot be pruned")

@@ -400,7 +400,7 @@ def test_split_validation_is_a_seeded_partition():
     assert torch.equal(ty, tx.flatten() % 10) and torch.equal(vy, vx.flatten() % 10)
     assert torch.equal(vx, split_validation(x, y, 20, seed=3)[2])
     assert not torch.equal(vx, split_validation(x, y, 20, seed=4)[2])
-    with pytest.raises(DataError, match="n_val=101"):
+    with pytest.raises(DataError, match="hold-out of 101 validation images: expected 0 to 100"):
         split_validation(x, y, 101)
 
 

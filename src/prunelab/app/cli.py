@@ -128,9 +128,9 @@ def _data_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-size",
         type=count,
-        default=5000,
+        default=None,
         help="training images held out for validation when the tree has no val/ folder "
-        "(default 5000; 0 = none)",
+        "(default 5000, or a tenth of train/ when that is fewer; 0 = none)",
     )
     p.add_argument(
         "--val-fraction",

@@ -64,7 +64,7 @@ def splits(args: argparse.Namespace, need_val: bool = True):
     return load_splits(
         args.data_dir,
         args.cache_dir,
-        val_size=args.val_size if need_val else 0,
+        val_size=("default" if args.val_size is None else args.val_size) if need_val else 0,
         seed=args.seed,
         train_subset=args.train_subset,
         test_subset=args.test_subset,
@@ -284,6 +284,11 @@ def format_channel_table(kept: dict[str, Any]) -> str:
         f"parameters {kept['params']:,} (dense {kept['dense_params']:,}), MACs {kept['macs']:,} "
         f"(dense {kept['dense_macs']:,}; conv, linear and matmul, traced on the input size)"
     )
+    why_of: dict[str, list[str]] = {}
+    for layer, why in kept.get("left_whole", {}).items():
+        why_of.setdefault(why, []).append(layer)
+    for why, layers in why_of.items():
+        lines.append(f"left whole: {', '.join(layers)} ({why})")
     return "\n".join(lines)
 
 

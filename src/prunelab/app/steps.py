@@ -70,10 +70,20 @@ class Splits:
         raise PrunelabError(f"unknown split {name!r} (expected test, val or train)")
 
 
+# the study's hold-out (45,000 + 5,000 of CIFAR-10's training images); a smaller tree gets a
+# tenth of its training images instead, so the default never asks for more than it has
+DEFAULT_VAL_SIZE = 5000
+
+
+def default_val_size(train_images: int) -> int:
+    """The hold-out when none is asked for: 5,000 images, or a tenth of train/ when fewer."""
+    return min(DEFAULT_VAL_SIZE, train_images // 10)
+
+
 def load_splits(
     data_dir: str | os.PathLike | None,
     cache: str | os.PathLike | None = None,
-    val_size: int | None = 5000,
+    val_size: int | str | None = DEFAULT_VAL_SIZE,
     seed: int = 0,
     train_subset: int | None = None,
     test_subset: int | None = None,
@@ -82,13 +92,21 @@ def load_splits(
     channels: int | None = None,
 ) -> Splits:
     """Images with a validation set: the tree's val/ folder when it has one, else `val_size`
-    images (or `val_fraction` of train/) held out of the training images, never the test set.
-    `data_dir=None` uses CIFAR-10 in the cache folder (downloaded when absent)."""
+    images (or `val_fraction` of train/) held out of the training images, never the test set;
+    val_size="default": default_val_size of train/. `data_dir=None` uses CIFAR-10 in the cache
+    folder (downloaded when absent)."""
     data = load_images(data_dir, cache=cache, image_size=image_size, channels=channels)
     for note in data.notes:
         tqdm.write(f"data: {note}")
     train_x, train_y = data.train_x, data.train_y
     has_val_folder = data.val_x is not None
+    if val_size == "default":
+        val_size = default_val_size(len(train_x))
+        if val_size < DEFAULT_VAL_SIZE and not (has_val_folder or val_fraction):
+            tqdm.write(
+                f"data: {val_size} of the {len(train_x)} training images held out for "
+                "validation (a tenth; --val-size N to choose)"
+            )
     hold_out = 0 if has_val_folder or val_fraction else (val_size or 0)
     if train_subset:
         train_x, train_y = subset(train_x, train_y, train_subset + hold_out, seed=seed)
@@ -455,7 +473,7 @@ def channel_prune_checkpoint(
     kept channel counts in its architecture record (it reloads from plain tensors).
     calibrate: as for prune_checkpoint."""
     from ..accounting import count_macs, count_params
-    from ..channels import prune_channels
+    from ..channels import graph_of, prune_channels
 
     model, ck = load_model(src, **load)
     if ck.get("masks"):
@@ -465,6 +483,7 @@ def channel_prune_checkpoint(
         )
     before = {"params": count_params(model), "macs": count_macs(model)["total"]}
     channels_before = _out_channels(model)
+    left_whole = graph_of(model).unprunable  # said beside the table: no silent no-op
     kept = prune_channels(model, plan, importance=importance, round_to=round_to)
     info = dict(light(ck.get("meta", {})))
     info.update(
@@ -487,6 +506,7 @@ def channel_prune_checkpoint(
         "macs": count_macs(model)["total"],
         "dense_params": before["params"],
         "dense_macs": before["macs"],
+        "left_whole": left_whole,
     }
     return model, summary
 

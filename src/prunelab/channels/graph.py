@@ -99,6 +99,8 @@ class ChannelGraph:
     groups: dict[str, ChannelGroup]
     blocked: dict[str, str]  # layer name -> why it cannot be named in a plan
     outputs: list[str]  # layers producing the model's output (never pruned)
+    # layer name -> why its channels stay whole (a layer prunelab cannot cut is in its group)
+    unprunable: dict[str, str] = field(default_factory=dict)
 
     def group(self, name: Any, what: str = "plan") -> ChannelGroup:
         """The group called `name`; PlanError (one line) saying why any other name is not one."""
@@ -149,6 +151,15 @@ def _kind(dg: Any, module: Any, handler: Callable[..., Any]) -> str | None:
     if isinstance(module, _DUMMY_OPS):
         return "op"
     return None
+
+
+def _what(module: Any) -> str:
+    """Why a layer is one prunelab does not cut, when its type alone does not say."""
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        if module.transposed:
+            return f" (a grouped transposed convolution, groups={module.groups})"
+        return f" (a grouped convolution, groups={module.groups})"
+    return ""
 
 
 def _slots(dg: Any, group: Any, names: dict[int, str]) -> list[Slot]:
@@ -228,6 +239,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
     layer_types = (nn.modules.conv._ConvNd, nn.Linear)
     groups: dict[str, ChannelGroup] = {}
     blocked: dict[str, str] = {}
+    unprunable: dict[str, str] = {}
     outputs: list[str] = []
     raw = list(dg.get_all_groups(root_module_types=layer_types))
     for g in raw:
@@ -247,10 +259,10 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
         if bad is not None:
             why = (
                 f"channel group {name!r} cannot be pruned: it holds {type(bad.module).__name__} "
-                f"{bad.name!r}, which prunelab cannot cut consistently"
+                f"{bad.name!r}{_what(bad.module)}, which prunelab cannot cut consistently"
             )
             for n in out_layers:
-                blocked[n] = why
+                blocked[n] = unprunable[n] = why
             continue
         dw = list(dict.fromkeys(s.name for s in slots if s.kind == "dw"))
         groups[name] = ChannelGroup(
@@ -275,4 +287,4 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
     for g in groups.values():
         g.feeds_output = any(c in outputs for c in g.consumers)
     ordered = dict(sorted(groups.items(), key=lambda kv: order.get(kv[0], 1 << 30)))
-    return ChannelGraph(model, dg, ordered, blocked, outputs)
+    return ChannelGraph(model, dg, ordered, blocked, outputs, unprunable)

@@ -13,7 +13,11 @@ Quad = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 def split_validation(x: torch.Tensor, y: torch.Tensor, n_val: int, seed: int = 0) -> Quad:
     """Hold out a seeded random `n_val` images: (train_x, train_y, val_x, val_y)."""
     if not 0 <= n_val <= len(x):
-        raise DataError(f"n_val={n_val}: must be between 0 and {len(x)} (the training images)")
+        raise DataError(
+            f"a hold-out of {n_val} validation images: expected 0 to {len(x)} (the training "
+            "images); ask for fewer (--val-size, a recipe's data.val_size), a fraction "
+            "(--val-fraction) or add a val/ folder"
+        )
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
     return x[train], y[train], x[val], y[val]
