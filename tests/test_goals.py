@@ -155,6 +155,36 @@ def test_a_dense_timing_far_above_its_layers_is_timed_again_and_the_lower_counts
     assert len(dense_calls) == 2 and res["layer_timings"]["dense_ms"] == pytest.approx(want)
 
 
+def test_a_plan_far_faster_than_predicted_converges_instead_of_swinging(monkeypatch):
+    """Time outside the conv/linear layers (three times theirs) that shrinks with the MACs,
+    though the prediction takes it as fixed: the first plan for 1.3x measures some 10x. The
+    next target must lie between that plan and no pruning, not at no pruning (which measures
+    1.0x, and scaling that miss leads back to the first plan, again and again)."""
+    m = vgg()
+    dense_macs = count_macs(m)["total"]
+    rest = 3 * dense_macs / 1e6
+
+    def measure(models, input_shape=None, batch_sizes=(1, 64), threads=None, reps=20):
+        rows = []
+        for name, model in models.items():
+            macs = count_macs(model)["total"]
+            ms = macs / 1e6 + rest * macs / dense_macs
+            rows.append({"model": name, "batch_size": batch_sizes[0], "median_ms": ms})
+        return {"rows": rows, "settings": {"threads": 1}}
+
+    def layers(model, input_shape=None, batch_size=1, reps=20, threads=None):
+        return {n: v / 1e6 for n, v in count_macs(model)["per_layer"].items()}
+
+    monkeypatch.setattr(lp, "measure_latency", measure)
+    monkeypatch.setattr(widen_mod, "measure_latency", measure)
+    monkeypatch.setattr(lp, "layer_latency", layers)
+    res = lp.latency_target_plan(m, flat_scan(m), 1.3, batch_size=1, step=0.01)
+    first, second = res["attempts"][:2]
+    assert first["measured_speedup"] > 5  # the prediction's miss
+    assert first["fraction"] < second["fraction"] < 1.0
+    assert res["reached"] and 1.3 <= res["measured_speedup"] <= 1.3 * 1.08
+
+
 def test_latency_plan_reports_a_goal_it_cannot_reach(monkeypatch):
     m = vgg()
     fake_latency(monkeypatch, slow=30.0)  # far slower than predicted: corrections run out
