@@ -80,6 +80,7 @@ def test_report_and_figure_written(result):
     run, res = result
     report = (run / "report.md").read_text()
     assert "channels, sensitivity-guided (same MACs)" in report and "## Latency" in report
+    assert res["left_whole"] == {} and "left whole" not in report  # VGG: every conv can go
     assert (run / "figures" / "accuracy_vs_latency.png").stat().st_size > 10_000
 
 
@@ -128,3 +129,15 @@ def test_calibrate_redoes_only_the_scores_before_fine_tuning(result, rerun_copy,
     )
     report = (tmp_path / "copy" / "report.md").read_text()
     assert "BatchNorm statistics re-estimated on 128 training images" in report
+
+
+def test_layers_left_whole_are_one_report_line_per_reason():
+    from prunelab.app.report import left_whole_lines
+
+    why = "channel group 'a' cannot be pruned: it holds Conv2d 'g' (a grouped convolution)"
+    lines = left_whole_lines({"a": why, "b": why, "g": "another reason"})
+    assert lines == [
+        f"- left whole by channel pruning (the ratios apply to the other layers): a, b ({why})",
+        "- left whole by channel pruning (the ratios apply to the other layers): g "
+        "(another reason)",
+    ]

@@ -176,6 +176,10 @@ def test_channel_pruning_says_which_layers_it_left_whole(work, capsys):
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "| 4 | 16 | 8 |" in lines  # the last conv lost half its channels
-    whole = [line for line in lines if line.startswith("left whole:")]
+    whole = [line for line in lines if line.startswith("left whole by channel pruning")]
     assert len(whole) == 2 and all("(a grouped convolution, groups=2)" in w for w in whole)
-    assert whole[1].startswith("left whole: 0 (channel group '0' cannot be pruned")
+    assert whole[1].endswith(
+        "other layers): 0 (channel group '0' cannot be pruned: it holds "
+        "Conv2d '2' (a grouped convolution, groups=2), which prunelab "
+        "cannot cut consistently)"
+    )

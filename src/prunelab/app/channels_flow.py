@@ -23,12 +23,12 @@ from matplotlib.figure import Figure
 
 from ..accounting import count_macs, count_params
 from ..batchnorm import recalibrate_bn
-from ..channels import macs_target_plan, prune_channels
+from ..channels import graph_of, macs_target_plan, prune_channels
 from ..fileio import write_json, write_png, write_text
 from ..latency_report import format_latency_table
 from ..models import save_checkpoint
 from ..pruning import sparsity_report
-from .report import data_and_machine, model_label
+from .report import data_and_machine, left_whole_lines, model_label
 from .steps import (
     calibration_images,
     finetune_checkpoint,
@@ -178,6 +178,7 @@ class ChannelsStudy(Study):
             "kind": "channels",
             "channels": json.loads(json.dumps(ch, default=lambda o: o.__dict__)),
             "validation_check": (scan or {}).get("validation_check"),
+            "left_whole": graph_of(dense).unprunable,  # the ratios apply to the other layers
             "rows": [dense_summary, *rows],
             "latency": latency,
             "timings_seconds": self.timings,
@@ -337,6 +338,7 @@ def channels_report(r: dict[str, Any]) -> str:
         ),
         "- latency: every model timed in one interleaved run, eager PyTorch fp32, BatchNorm "
         "folded (see latency table below for threads, warm-up and repetitions)",
+        *left_whole_lines(r.get("left_whole") or {}),
         "",
         head,
         "|---|---:|---:|---:|---:|" + "---:|---:|" * len(sizes) + "---:|---:|---:|",

@@ -284,11 +284,10 @@ def format_channel_table(kept: dict[str, Any]) -> str:
         f"parameters {kept['params']:,} (dense {kept['dense_params']:,}), MACs {kept['macs']:,} "
         f"(dense {kept['dense_macs']:,}; conv, linear and matmul, traced on the input size)"
     )
-    why_of: dict[str, list[str]] = {}
-    for layer, why in kept.get("left_whole", {}).items():
-        why_of.setdefault(why, []).append(layer)
-    for why, layers in why_of.items():
-        lines.append(f"left whole: {', '.join(layers)} ({why})")
+    from .report import left_whole_lines
+
+    for line in left_whole_lines(kept.get("left_whole", {})):
+        lines.append(line.removeprefix("- "))
     return "\n".join(lines)
 
 

@@ -271,3 +271,16 @@ def write_report(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
     path = run_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def left_whole_lines(left_whole: dict[str, str]) -> list[str]:
+    """One report line per reason some layers kept every channel: a channel ratio applies
+    to the other layers only, so the report must not let it read as the whole model's."""
+    layers_of: dict[str, list[str]] = {}
+    for layer, why in left_whole.items():
+        layers_of.setdefault(why, []).append(layer)
+    return [
+        f"- left whole by channel pruning (the ratios apply to the other layers): "
+        f"{', '.join(layers)} ({why})"
+        for why, layers in layers_of.items()
+    ]
