@@ -387,6 +387,7 @@ distill = 0.5
         (("round_to = 2", "round_to = 2.5"), "goals.targets\\[1\\].round_to"),
         (("step = 0.1", "step = 1"), "goals.step"),
         (("val_size = 200", "val_size = 0"), "data.val_size"),
+        (("step = 0.1", "step = 0.1\nrank_energy = 1.0"), "goals.rank_energy"),
         (("[goals]", "[prune]\nsparsities = [0.5]\n[goals]"), "not used by a \\[goals\\]"),
     ],
 )
@@ -674,3 +675,25 @@ def test_paired_rounds_in_words_and_absent_from_older_results():
     )
     assert "slower beyond noise" in rounds_words({**p, "a_faster": 5, "verdict": "slower"})
     assert rounds_words(None) == ""  # a latency step written before rows kept their rounds
+
+
+def test_rank_energy_reaches_the_plans_only_when_set(tmp_path):
+    from prunelab.app.goals_flow import plan_options
+
+    (tmp_path / "r.toml").write_text(GOALS.replace("step = 0.1", "step = 0.1\nrank_energy = 0.9"))
+    g = load_recipe(tmp_path / "r.toml")["goals"]
+    assert plan_options(g, g["targets"][0])["rank_energy"] == 0.9
+    (tmp_path / "s.toml").write_text(GOALS)
+    plain = load_recipe(tmp_path / "s.toml")["goals"]
+    assert "rank_energy" not in plan_options(plain, plain["targets"][0])  # old plans stay
+
+
+def test_rank_energy_plans_cut_the_first_conv_of_the_full_width_vgg_first(monkeypatch):
+    m = build_model("vgg", {"width": 1.0})
+    fake_latency(monkeypatch)
+    kw = {"batch_size": 1, "importance": "group", "round_to": 16, "band": 0.0, "step": 0.01}
+    plain = lp.latency_target_plan(m, flat_scan(m), 3.0, **kw)
+    floored = lp.latency_target_plan(m, flat_scan(m), 3.0, rank_energy=0.9, **kw)
+    assert plain["channels"]["backbone.conv0"] > 16 == floored["channels"]["backbone.conv0"]
+    assert floored["rank_floors"]["energy"] == 0.9
+    assert floored["reached"] and plain["reached"]

@@ -169,6 +169,14 @@ def ratio(text: str) -> float:
     return v
 
 
+def energy_share(text: str) -> float:
+    """A share of a layer's weights' energy: (0, 1)."""
+    v = _float(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside (0, 1) (a share of the energy)")
+    return v
+
+
 def ratio_list(text: str) -> list[float]:
     return _list_of(text, ratio, "0.25,0.5")
 

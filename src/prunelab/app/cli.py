@@ -16,6 +16,7 @@ from .argtypes import (
     cap_item,
     count,
     device,
+    energy_share,
     existing_file,
     mean_std,
     model_arg,
@@ -558,6 +559,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="--channel-scan: keep every layer within this distance of the uniform ratio "
         "reaching the same target, e.g. 0.1 (the scan then tilts a uniform plan; without "
         "it, plans far from uniform fine-tuned worse than uniform in our measurements)",
+    )
+    s.add_argument(
+        "--rank-energy",
+        type=energy_share,
+        default=None,
+        metavar="E",
+        help="--channel-scan: first cut layers with more filters than inputs (a first conv on "
+        "RGB: 64 filters in 3x3x3 = 27 dimensions) to the rank holding this share of their "
+        "weights' energy, e.g. 0.9 (the VGG's conv0: 15 of 64; others keep the plan's ratio)",
     )
     s.add_argument(
         "--widen",

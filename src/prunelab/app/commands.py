@@ -476,6 +476,7 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
             band=args.band,
             widen=args.widen,
             timings=stored,
+            rank_energy=args.rank_energy,
         )
         log = result["timing_log"]
         print(
@@ -497,6 +498,7 @@ def channel_plan(args: argparse.Namespace, model: Any) -> int:
             importance=args.importance,
             round_to=args.round_to,
             band=args.band,
+            rank_energy=args.rank_energy,
         )
     write_json(args.out, result)
     target = f"MACs {args.macs}" if args.macs is not None else f"latency {args.latency}"

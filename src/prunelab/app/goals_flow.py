@@ -51,11 +51,14 @@ PLAN_KEYS = ("importance", "round_to", "max_ratio", "threads", "band", "step")
 
 def plan_options(g: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
     """The PLAN_KEYS settings for one target: [goals]'s, with the target's own round_to and
-    widen. widen only when on: a plan made before the option keeps its settings (and step)."""
+    widen. widen and rank_energy only when on: a plan made before the option keeps its
+    settings (and step)."""
     opts = {**{k: g[k] for k in PLAN_KEYS}, "round_to": target.get("round_to", g["round_to"])}
     widen = target.get("widen", g.get("widen", 0))
     if widen:
         opts["widen"] = widen
+    if g.get("rank_energy") is not None:
+        opts["rank_energy"] = g["rank_energy"]
     return opts
 
 
@@ -468,7 +471,13 @@ def goals_report(r: dict[str, Any]) -> str:
             else ""
         )
         + _rounding(g)
-        + _widening(g),
+        + _widening(g)
+        + (
+            f"; layers with more filters than inputs cut first to the rank holding "
+            f"{g['rank_energy']} of their weights' energy"
+            if g.get("rank_energy") is not None
+            else ""
+        ),
         "- latency: every model timed in one interleaved run before fine-tuning (shapes, not "
         "weights, set the time), eager PyTorch fp32, BatchNorm folded",
         "",

@@ -45,6 +45,9 @@ GOALS_FIELDS = {
     "band": number(0, 1, hi_open=True),
     "step": number(0, 1, lo_open=True),
     "widen": integer(0),
+    # over-complete layers (a first conv on RGB) cut to their filters' effective rank at
+    # this share of the energy first (prunelab.channels.rank); absent: no floor
+    "rank_energy": number(0, 1, lo_open=True, hi_open=True),
     "scan": ANY,
     "finetune": ANY,
     "reps": integer(1),
@@ -108,6 +111,7 @@ def parse_goals(raw: Any, file: str, seed: int, rec: dict[str, Any]) -> dict[str
         "band": raw.get("band"),
         "step": raw.get("step", 0.05),
         "widen": raw.get("widen", 0),
+        "rank_energy": raw.get("rank_energy"),
         "scan": scan,
         "finetune": cfg,
         "reps": raw.get("reps", 30),

@@ -46,6 +46,7 @@ def latency_target_plan(
     confirm: bool = True,
     widen: int = 0,
     timings: Mapping[str, Any] | None = None,
+    rank_energy: float | None = None,
 ) -> dict[str, Any]:
     """The scan-guided plan whose pruned model measures at least `speedup` x faster than the
     dense one at `batch_size` (eager fp32, BN folded), pruning no more than needed: attempts
@@ -64,6 +65,7 @@ def latency_target_plan(
     (timings: every speed-up measured for the attempt; measured_speedup is their minimum),
     and with widen, "widened" and "widening_stopped" (prunelab.channels.widen.widen_plan's
     rounds and why it stopped) and, when a round kept a wider group, "plan_before_widening";
+    rank_energy: as for macs_target_plan (over-complete groups start at their rank);
     "timing_log": every timing the search used, and how many were read rather than timed.
     """
     if not (isinstance(speedup, int | float) and speedup > 1):
@@ -88,6 +90,7 @@ def latency_target_plan(
                 max_ratio=max_ratio,
                 band=band,
                 step=step,
+                rank_energy=rank_energy,
             )
         except PlanError as e:
             if best is None:

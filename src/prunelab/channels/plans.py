@@ -18,6 +18,7 @@ from ..accounting import count_macs
 from ..errors import PlanError
 from .graph import ChannelGraph
 from .importance import check_importance, group_importance
+from .rank import rank_floors
 from .surgery import check_ratio, check_round_to, graph_of, kept_channels, prune_in_place
 
 
@@ -353,6 +354,7 @@ def macs_target_plan(
     cost: Any = None,
     round_to: int | None = None,
     band: float | None = None,
+    rank_energy: float | None = None,
 ) -> dict[str, Any]:
     """The plan {group: ratio} reaching `macs_fraction` of the dense cost, guided by `scan`.
 
@@ -372,9 +374,13 @@ def macs_target_plan(
     each group alone and before fine-tuning; measured after fine-tuning, plans far from
     uniform lost to it on the full-width VGG (README), so a band lets the scan and the cost
     model tilt a uniform plan rather than replace it. None: no band.
+    rank_energy: over-complete groups (more channels than their filters have inputs, such as
+    a first conv on RGB) start at their least ratio from prunelab.channels.rank (the
+    effective rank at this share of the weights' energy), never above max_ratio; the
+    uniform ratio of a band is found with them there. None: no floors.
     Returns {"plan", "channels", "macs", "dense_macs", "macs_fraction", "cost", "target",
     "dense_cost", "predicted": {"cost", "macs", "accuracy_drop", "accuracy", "drops"},
-    "importance", "round_to", "band"}.
+    "importance", "round_to", "band", "rank_floors"}.
     """
     check_importance(importance)
     ok = isinstance(macs_fraction, int | float) and not isinstance(macs_fraction, bool)
@@ -397,13 +403,20 @@ def macs_target_plan(
         return _interp(*curves[g], r)
 
     groups = {n: graph.groups[n].channels for n in names}
-    start, caps, centre = None, None, None
+    floors: dict[str, float] = {}
+    if rank_energy is not None:
+        floors = {
+            n: min(max_ratio, f) for n, f in rank_floors(graph, rank_energy).items() if n in groups
+        }
+    start, caps, centre = dict(floors) or None, None, None
     if band is not None:
         if not (isinstance(band, int | float) and 0 <= band < 1):
             raise PlanError(f"band must be a number in [0, 1), got {band!r}")
-        centre = uniform_ratio(groups, cost_fn, target, max_ratio)
-        start = dict.fromkeys(groups, max(0.0, centre - band))  # greedy_plan rounds down
-        caps = dict.fromkeys(groups, math.ceil((centre + band) / step - 1e-9) * step)
+        centre = uniform_ratio(groups, cost_fn, target, max_ratio, floors)
+        # greedy_plan rounds the start down to whole steps
+        start = {n: max(0.0, centre - band, floors.get(n, 0.0)) for n in groups}
+        top = math.ceil((centre + band) / step - 1e-9) * step
+        caps = {n: max(top, floors.get(n, 0.0)) for n in groups}
     plan = greedy_plan(groups, drop, cost_fn, target, max_ratio, step, round_to, start, caps)
     pruned = copy.deepcopy(model)
     channels = prune_in_place(pruned, plan, importance, round_to)
@@ -436,15 +449,27 @@ def macs_target_plan(
         "importance": importance,
         "round_to": round_to,
         "band": None if band is None else {"width": band, "uniform_ratio": centre},
+        "rank_floors": None if rank_energy is None else {"energy": rank_energy, **floors},
     }
 
 
 def uniform_ratio(
-    groups: dict[str, int], cost: Any, target: float, max_ratio: float, iters: int = 40
+    groups: dict[str, int],
+    cost: Any,
+    target: float,
+    max_ratio: float,
+    floors: dict[str, float] | None = None,
+    iters: int = 40,
 ) -> float:
-    """The smallest ratio that, given to every group, brings cost to <= target (bisection;
-    cost falls as the ratio rises). PlanError when even max_ratio everywhere cannot."""
-    if cost(dict.fromkeys(groups, max_ratio)) > target:
+    """The smallest ratio that, given to every group (a group with a floor: at least that),
+    brings cost to <= target (bisection; cost falls as the ratio rises). PlanError when
+    even max_ratio everywhere cannot."""
+    floors = floors or {}
+
+    def at(r: float) -> dict[str, float]:
+        return {n: max(r, floors.get(n, 0.0)) for n in groups}
+
+    if cost(at(max_ratio)) > target:
         raise PlanError(
             f"the target ({target:,.6g}) cannot be reached even with every group at "
             f"max_ratio {max_ratio}"
@@ -452,7 +477,7 @@ def uniform_ratio(
     lo, hi = 0.0, max_ratio
     for _ in range(iters):
         mid = (lo + hi) / 2
-        if cost(dict.fromkeys(groups, mid)) > target:
+        if cost(at(mid)) > target:
             lo = mid
         else:
             hi = mid
