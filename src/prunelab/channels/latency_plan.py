@@ -58,14 +58,13 @@ def latency_target_plan(
     time, channels that keep the measured speed-up (prunelab.channels.widen; up to `widen`
     rounding steps per move). timings: an earlier result's "timing_log": what it timed is read
     from it instead of timed again (it must share the dense model's shape, batch_size, threads
-    and reps).
+    and reps). rank_energy: as for macs_target_plan (over-complete groups start at their rank).
 
     Returns macs_target_plan's result plus "speedup_target", "batch_size", "measured_speedup",
     "attempts" [{fraction, macs, measured_speedup, timings}] and "layer_timings"
     (timings: every speed-up measured for the attempt; measured_speedup is their minimum),
     and with widen, "widened" and "widening_stopped" (prunelab.channels.widen.widen_plan's
     rounds and why it stopped) and, when a round kept a wider group, "plan_before_widening";
-    rank_energy: as for macs_target_plan (over-complete groups start at their rank);
     "timing_log": every timing the search used, and how many were read rather than timed.
     """
     if not (isinstance(speedup, int | float) and speedup > 1):
