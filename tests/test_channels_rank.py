@@ -3,10 +3,11 @@ rank of its filters before a plan touches any other layer."""
 
 import pytest
 import torch
+from test_goals import flat_scan  # every group scanned alike: the floors alone decide
 from torch import nn
 
 from prunelab.accounting import count_macs
-from prunelab.channels import channel_groups, graph_of, macs_target_plan
+from prunelab.channels import graph_of, macs_target_plan
 from prunelab.channels.rank import effective_rank, rank_floors
 from prunelab.errors import PlanError
 from prunelab.models import build_model, make_arch
@@ -53,16 +54,6 @@ def test_first_conv_of_the_studys_vgg_is_the_only_over_complete_one():
     m = build_model("vgg", {"width": 1.0})  # conv0: 64 filters in 27 dimensions
     floors = rank_floors(graph_of(m), 0.9)
     assert list(floors) == ["backbone.conv0"] and 1 - 27 / 64 <= floors["backbone.conv0"] < 1
-
-
-def flat_scan(m):
-    return {
-        "dense_accuracy": 0.9,
-        "ratios": [0.5],
-        "groups": {
-            n: {"channels": g["channels"], "accuracy": [0.8]} for n, g in channel_groups(m).items()
-        },
-    }
 
 
 def test_a_plan_starts_over_complete_groups_at_their_floor_and_keeps_the_target():
