@@ -185,6 +185,19 @@ def test_a_plan_far_faster_than_predicted_converges_instead_of_swinging(monkeypa
     assert res["reached"] and 1.3 <= res["measured_speedup"] <= 1.3 * 1.08
 
 
+def test_a_correction_too_small_to_change_the_plan_moves_on_to_a_new_one(monkeypatch):
+    """Pruned models 2 % slower than predicted: the first plan misses the goal by 0.7 %, and
+    scaling the target by the miss makes the same plan again. Every attempt must
+    time a plan no earlier attempt made, and the search must reach the goal."""
+    m = vgg()
+    fake_latency(monkeypatch, slow=1.02)
+    res = lp.latency_target_plan(m, flat_scan(m), 2.0, batch_size=1, band=0.0, step=0.01)
+    macs = [a["macs"] for a in res["attempts"]]  # here every plan has its own MAC count
+    assert len(macs) >= 2 and len(set(macs)) == len(macs)
+    assert res["attempts"][0]["measured_speedup"] < 2.0 and res["reached"]
+    assert res["attempts"][-1]["channels"] == res["channels"]
+
+
 def test_latency_plan_reports_a_goal_it_cannot_reach(monkeypatch):
     m = vgg()
     fake_latency(monkeypatch, slow=30.0)  # far slower than predicted: corrections run out
