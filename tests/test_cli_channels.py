@@ -186,6 +186,15 @@ def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache, 
     assert all(u - 0.15 < r < u + 0.15 for r in got["plan"].values())
     assert main([*plan, "--macs", "0.6", "--widen", "1", "--out", str(d / "no.json")]) == 2
     assert not (d / "no.json").exists()
+    # --rank-energy reaches the plan (this narrow VGG's conv0, 8 filters in 27 dimensions,
+    # is not over-complete: no floor), and a share outside (0, 1) is refused
+    ranked = d / "ranked.json"
+    assert main([*plan, "--macs", "0.6", "--rank-energy", "0.9", "--out", str(ranked)]) == 0
+    assert json.loads(ranked.read_text())["rank_floors"] == {"energy": 0.9}
+    with pytest.raises(SystemExit) as bad:  # argparse refuses it, before anything is read
+        main([*plan, "--macs", "0.6", "--rank-energy", "1", "--out", str(d / "no.json")])
+    assert bad.value.code == 2 and not (d / "no.json").exists()
+    assert "--rank-energy: '1' is outside (0, 1)" in capsys.readouterr().err
     assert main([*plan, "--latency", "0.8", "--widen", "1", "--out", str(lat_plan)]) == 0
     lat = json.loads(lat_plan.read_text())
     assert lat["speedup_target"] == pytest.approx(1.25) and lat["attempts"]
