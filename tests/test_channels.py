@@ -366,3 +366,81 @@ def test_grouped_conv_blocks_its_groups_and_says_why():
     assert "groups=2" in graph_of(m).unprunable["conv1"]
     assert prune_channels(m, 0.5) == {"conv3": 8}
     assert m(torch.rand(1, 3, 16, 16)).shape == (1, 4)
+
+
+class SplitNet(nn.Module):
+    """conv1's channels are chunked in two in the forward, and each half has its own conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.left = nn.Conv2d(8, 8, 3, padding=1)
+        self.right = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        a, b = torch.chunk(torch.relu(self.conv1(x)), 2, dim=1)
+        x = torch.cat([self.left(a), self.right(b)], dim=1)
+        return self.fc(torch.relu(self.conv2(x)).mean(dim=(2, 3)))
+
+
+def test_channels_divided_in_the_forward_stay_whole():
+    # the chunk's sizes are in forward(): a cut would hand `left` the wrong channels (an
+    # uneven cut fails outright) and a sort would move channels across the halves
+    torch.manual_seed(0)
+    m = SplitNet().eval()
+    m.prunelab_arch = make_arch("x:y", {}, (3, 16, 16))
+    why = graph_of(m).unprunable["conv1"]
+    assert why.startswith("channel group 'conv1' cannot be pruned: its channels are divided")
+    with pytest.raises(PlanError, match="divided in the forward"):
+        prune_channels(m, {"conv1": 0.5})
+    x = torch.rand(2, 3, 16, 16)
+    before = m(x)
+    sort_channels(m)
+    torch.testing.assert_close(m(x), before, rtol=0, atol=1e-5)
+    assert prune_channels(m, 0.5) == {"left": 4, "right": 4, "conv2": 8}
+    assert m(x).shape == (2, 4)
+
+
+class NextBlockNet(nn.Module):
+    """A ConvNeXt-style block: depthwise conv, LayerNorm over the channels on channels-last
+    activations, Linear layers as pointwise convs, a residual add; then a LayerNorm over
+    (C, H, W) on channels-first ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 7, padding=3, groups=16)
+        self.norm = nn.LayerNorm(16)
+        self.pw1 = nn.Linear(16, 32)
+        self.pw2 = nn.Linear(32, 16)
+        self.conv = nn.Conv2d(16, 8, 3, padding=1)
+        self.whole = nn.LayerNorm([8, 8, 8])
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        x = x + self.pw2(torch.nn.functional.gelu(self.pw1(y))).permute(0, 3, 1, 2)
+        return self.fc(self.whole(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_layernorm_over_the_channels_prunes_with_its_group():
+    torch.manual_seed(0)
+    m = NextBlockNet().eval()
+    for ln in (m.norm, m.whole):
+        nn.init.uniform_(ln.weight, 0.5, 1.5)
+        nn.init.uniform_(ln.bias, -0.5, 0.5)
+    m.prunelab_arch = make_arch("x:y", {}, (3, 8, 8))
+    graph = graph_of(m)
+    assert list(graph.groups) == ["stem", "pw1"]  # stem's group holds dw, norm, pw2
+    assert "LayerNorm 'whole'" in graph.unprunable["conv"]  # over (C, H, W): left whole
+    x = torch.rand(2, 3, 8, 8)
+    before = m(x)
+    sort_channels(m)
+    torch.testing.assert_close(m(x), before, rtol=0, atol=1e-5)
+    kept = prune_channels(m, 0.5)
+    assert kept == {"stem": 8, "pw1": 16}
+    assert m.norm.normalized_shape == (8,) and m.norm.weight.shape == (8,)
+    assert m.dw.groups == 8 and m.pw2.out_features == 8 and m(x).shape == (2, 4)

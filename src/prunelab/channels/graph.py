@@ -46,7 +46,8 @@ class Slot:
     """One place a group's channels live: a tensor dimension of one layer (or a shape-only op).
 
     kind: "out" (a conv/linear's output filters), "in" (a conv/linear's input channels),
-    "dw" (a depthwise conv: input and output at once), "bn", "prelu", or "op" (no tensors).
+    "dw" (a depthwise conv: input and output at once), "bn", "prelu", "ln" (a LayerNorm over
+    the channels alone), or "op" (no tensors).
     local[i] is the index in this layer of the group's channel root[i] (several locals per
     root after a flatten).
     """
@@ -63,7 +64,7 @@ class Slot:
         m = self.module
         if self.kind == "op":
             return []
-        if self.kind in ("bn", "prelu"):
+        if self.kind in ("bn", "prelu", "ln"):
             names = ["weight", "bias", "running_mean", "running_var"]
             found = [getattr(m, n, None) for n in names]
             return [(t, 0) for t in found if isinstance(t, torch.Tensor)]
@@ -146,6 +147,11 @@ def _kind(dg: Any, module: Any, handler: Callable[..., Any]) -> str | None:
         return "out" if dg.is_out_channel_pruning_fn(handler) else "in"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "bn"
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        # over the channels alone (a ConvNeXt block's, on channels-last activations): its
+        # statistics ignore the order, so a sort is exact. Over (C, H, W) it would mix
+        # channels with positions, which Torch-Pruning's LayerNorm cut does not handle.
+        return "ln"
     if isinstance(module, nn.PReLU):
         return "prelu" if module.num_parameters > 1 else "op"
     if isinstance(module, _DUMMY_OPS):
@@ -171,6 +177,19 @@ def _slots(dg: Any, group: Any, names: dict[int, str]) -> list[Slot]:
         is_out = dg.is_out_channel_pruning_fn(handler)
         out.append(Slot(name, module, kind or "?", list(item.idxs), list(item.root_idxs), is_out))
     return out
+
+
+def _split_slot(slots: list[Slot], channels: int) -> Slot | None:
+    """The first layer that sees only some of the group's channels, or None.
+
+    Only a split, chunk, slice or unbind on the channel dimension does that (a concatenation
+    gives every producer a group of its own; a flatten spreads each channel, keeping all).
+    Its sizes live in the model's code, which pruning cannot rewrite: a cut would hand a
+    layer the wrong channels (or the wrong number), and a sort could not stay on its side.
+    """
+    return next(
+        (s for s in slots if s.kind != "op" and s.root and len(set(s.root)) < channels), None
+    )
 
 
 @contextlib.contextmanager
@@ -256,10 +275,15 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
         root = g[0].dep.target.module
         name = out_layers[0] if out_layers else names.get(id(root), type(root).__name__)
         bad = next((s for s in slots if s.kind == "?"), None)
-        if bad is not None:
+        split = _split_slot(slots, len(g[0].idxs))
+        if bad is not None or split is not None:
             why = (
                 f"channel group {name!r} cannot be pruned: it holds {type(bad.module).__name__} "
                 f"{bad.name!r}{_what(bad.module)}, which prunelab cannot cut consistently"
+                if bad is not None
+                else f"channel group {name!r} cannot be pruned: its channels are divided in the "
+                f"forward (torch.split, torch.chunk, a slice or unbind) before {split.name!r}, "
+                "at sizes written in the model's code"
             )
             for n in out_layers:
                 blocked[n] = unprunable[n] = why
