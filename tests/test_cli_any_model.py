@@ -35,12 +35,14 @@ NETS = textwrap.dedent(
             return self.fc(x.mean(dim=(2, 3)))
 
     def grouped(num_classes=10, in_channels=3):
-        """conv -> grouped conv (groups=2) -> conv: only the last one can lose channels."""
+        """conv -> grouped conv (groups=2) -> conv -> linear -> linear: the last conv and
+        the hidden linear can lose channels, the first two convs cannot."""
         return nn.Sequential(
             nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(),
             nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
             nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(),
+            nn.Linear(12, num_classes))
 
     def not_a_module():
         return 42
@@ -176,6 +178,7 @@ def test_channel_pruning_says_which_layers_it_left_whole(work, capsys):
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "| 4 | 16 | 8 |" in lines  # the last conv lost half its channels
+    assert "| 8 | 12 | 6 |" in lines  # and the hidden linear half its features
     whole = [line for line in lines if line.startswith("left whole by channel pruning")]
     assert len(whole) == 2 and all("(a grouped convolution, groups=2)" in w for w in whole)
     assert whole[1].endswith(

@@ -482,8 +482,9 @@ def channel_prune_checkpoint(
             "weights of the slimmer model"
         )
     before = {"params": count_params(model), "macs": count_macs(model)["total"]}
-    channels_before = _out_channels(model)
-    left_whole = graph_of(model).unprunable  # said beside the table: no silent no-op
+    graph = graph_of(model)  # a group's channels (a Linear's too), before the cut
+    channels_before = {n: g.channels for n, g in graph.groups.items()}
+    left_whole = graph.unprunable  # said beside the table: no silent no-op
     kept = prune_channels(model, plan, importance=importance, round_to=round_to)
     info = dict(light(ck.get("meta", {})))
     info.update(
@@ -509,14 +510,6 @@ def channel_prune_checkpoint(
         "left_whole": left_whole,
     }
     return model, summary
-
-
-def _out_channels(model: nn.Module) -> dict[str, int]:
-    return {
-        n: m.out_channels
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    }
 
 
 def finetune(
