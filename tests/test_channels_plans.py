@@ -94,6 +94,7 @@ def test_channel_scan_is_plain_re_evaluation_of_each_probe():
         "backbone.conv6",
     ]
     assert scan["dense_accuracy"] == evaluate(m, x, y)["accuracy"]
+    assert scan["reference_accuracy"] == scan["dense_accuracy"]  # nothing re-estimated
     conv0, conv6 = scan["groups"]["backbone.conv0"], scan["groups"]["backbone.conv6"]
     assert conv0["channels"] == 8 and conv0["kept"] == [4, 0]
     assert conv0["accuracy"][1] is None and conv0["macs"][1] is None  # 0.95 empties it
@@ -123,6 +124,23 @@ def synthetic_scan(model: nn.Module, sensitive: str) -> dict:
         acc = [0.5, 0.2] if n == sensitive else [0.89, 0.85]
         rows[n] = {"channels": g["channels"], "accuracy": acc}
     return {"dense_accuracy": 0.9, "ratios": [0.25, 0.5], "groups": rows}
+
+
+def test_drops_are_measured_from_the_scans_reference():
+    """A scan's probes are compared with the dense model treated like them (BatchNorm
+    re-estimated), not with the model as it is; older scans have only dense_accuracy."""
+    m = vgg()
+    scan = synthetic_scan(m, "backbone.conv4")  # probes at 0.25 score 0.89 (conv4: 0.5)
+    for ref, res in (
+        (0.90, macs_target_plan(m, scan, 0.5, max_ratio=0.75)),
+        (0.92, macs_target_plan(m, {**scan, "reference_accuracy": 0.92}, 0.5, max_ratio=0.75)),
+    ):
+        pred = res["predicted"]
+        assert pred["accuracy"] == pytest.approx(ref - pred["accuracy_drop"])
+        small = {n: r for n, r in res["plan"].items() if 0 < r <= 0.25}
+        assert small and "backbone.conv4" not in small
+        for n, r in small.items():  # below the first probe the drop is linear from (0, 0)
+            assert pred["drops"][n] == pytest.approx((ref - 0.89) * r / 0.25)
 
 
 def test_macs_target_plan_reaches_the_target_sparing_the_sensitive_group():

@@ -174,6 +174,8 @@ def test_scan_then_macs_and_latency_plans_then_prune(d, jpeg_root, cifar_cache, 
                  "--calibrate", "128", "--out", str(scan_dir), *data]) == 0  # fmt: skip
     scan = json.loads((scan_dir / "channel_scan.json").read_text())
     assert scan["bn_recalibrated_on"] == 128 and scan["images"] == 64
+    said = capsys.readouterr().out
+    assert f"dense accuracy {scan['reference_accuracy']:.4f} with its BatchNorm" in said
     macs_plan, lat_plan = d / "macs.json", d / "lat.json"
     plan = ["plan", str(d / "small.pth"), "--channel-scan", str(scan_dir / "channel_scan.json")]
     assert main([*plan, "--macs", "0.6", "--out", str(macs_plan)]) == 0  # fmt: skip

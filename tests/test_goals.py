@@ -601,11 +601,16 @@ def test_scan_with_calibration_is_recalibrate_then_evaluate():
     want = evaluate(probe, x, y, num_classes=10)["accuracy"]
     assert res["groups"]["backbone.conv2"]["accuracy"] == [pytest.approx(float(want))]
     assert res["bn_recalibrated_on"] == 128
+    # the drops' reference is the dense model re-estimated the same way, not as it is
+    ref = recalibrate_bn(copy.deepcopy(m), cal)
+    assert res["reference_accuracy"] == pytest.approx(float(evaluate(ref, x, y)["accuracy"]))
+    assert res["dense_accuracy"] == pytest.approx(float(evaluate(m, x, y)["accuracy"]))
 
 
 def test_scan_recovers_each_probe_before_calibrating_and_scoring_it():
-    """recover runs once per pruned probe (never on the dense model), on the pruned copy,
-    before its BatchNorm statistics are re-estimated: a probe scores as recovered."""
+    """recover runs once per pruned probe, on the pruned copy, before its BatchNorm
+    statistics are re-estimated: a probe scores as recovered. It also runs once on a copy
+    of the dense model, first, so the drops' reference gets the same treatment."""
     from prunelab.batchnorm import recalibrate_bn
     from prunelab.channels import channel_scan
     from prunelab.evaluation import evaluate
@@ -626,13 +631,17 @@ def test_scan_recovers_each_probe_before_calibrating_and_scoring_it():
         m, x, y, ratios=[0.25, 0.5], groups=["backbone.conv2"], calibrate=cal, recover=recover
     )
     c = m.backbone.conv2.out_channels
-    assert seen == [c - round(c * 0.25), c - round(c * 0.5)] and res["recovered"] is True
+    assert seen == [c, c - round(c * 0.25), c - round(c * 0.5)] and res["recovered"] is True
     probe = copy.deepcopy(m)
     prune_channels(probe, {"backbone.conv2": 0.5})
     recover(probe)
     recalibrate_bn(probe, cal)
     want = evaluate(probe, x, y, num_classes=10)["accuracy"]
     assert res["groups"]["backbone.conv2"]["accuracy"][1] == pytest.approx(float(want))
+    ref = copy.deepcopy(m)
+    recover(ref)
+    recalibrate_bn(ref, cal)
+    assert res["reference_accuracy"] == pytest.approx(float(evaluate(ref, x, y)["accuracy"]))
     assert m.backbone.conv2.out_channels == c  # the caller's model is untouched
 
 

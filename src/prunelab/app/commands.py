@@ -341,6 +341,11 @@ def channel_sensitivity(args: argparse.Namespace, model: Any, x: Any, y: Any, da
     res["split"], res["images"] = args.split, len(y)
     write_json(Path(args.out) / "channel_scan.json", res)
     print(f"dense accuracy {res['dense_accuracy']:.4f} on {args.split} ({len(y)} images)")
+    if res["bn_recalibrated_on"]:
+        print(
+            f"dense accuracy {res['reference_accuracy']:.4f} with its BatchNorm statistics "
+            "re-estimated like every probe's (what the probes are compared with)"
+        )
     print(f"{'group':28s} {'channels':>8s}  " + "  ".join(f"r={r:.2f}" for r in res["ratios"]))
     for name, row in res["groups"].items():
         accs = "  ".join("  -   " if a is None else f"{a:.4f}" for a in row["accuracy"])

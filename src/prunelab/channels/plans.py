@@ -219,6 +219,14 @@ def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
     return float(np.interp(x, xs, ys))
 
 
+def reference_accuracy(scan: Any) -> float:
+    """The accuracy a channel scan's drops are measured from: the dense model treated like
+    the probes (recovered, BatchNorm re-estimated); scans made before it was recorded had
+    only the model as it is."""
+    has = isinstance(scan, dict) and "reference_accuracy" in scan
+    return float(scan["reference_accuracy" if has else "dense_accuracy"])
+
+
 def _drop_curves(scan: Any, graph: ChannelGraph) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per group, (ratios, accuracy drop) from (0, 0), made non-decreasing (a scan is noisy;
     pruning is never credited with a gain) and convex (each step's drop per unit ratio at
@@ -227,7 +235,7 @@ def _drop_curves(scan: Any, graph: ChannelGraph) -> dict[str, tuple[np.ndarray, 
     take the flat part as nearly free, gutting the most sensitive layers; after fine-tuning
     the harm keeps growing. A probe that emptied a group counts as accuracy 0."""
     try:
-        dense = float(scan["dense_accuracy"])
+        dense = reference_accuracy(scan)
         ratios = [float(r) for r in scan["ratios"]]
         rows = scan["groups"]
         ok = isinstance(rows, dict)
@@ -429,7 +437,7 @@ def macs_target_plan(
             stacklevel=2,
         )
     drops = {n: drop(n, r) for n, r in plan.items()}
-    dense_acc = float(scan["dense_accuracy"])
+    dense_acc = reference_accuracy(scan)
     return {
         "plan": plan,
         "channels": channels,
