@@ -99,10 +99,17 @@ def cases(d):
         (["run", str(d / "bad_epochs.toml")], "epochs"),
         (["run", str(d / "no_dense.toml")], "dense"),
         (["frobnicate"], "invalid choice"),
+        # no abbreviations: --teacher is not taken for --teacher-logits
+        (["finetune", ck, "--teacher", ck, "--out", out], "unrecognized arguments: --teacher"),
+        (
+            ["evaluate", ck, "--bogus"],
+            "prunelab evaluate: error: unrecognized arguments: --bogus"
+            " (see prunelab evaluate --help)",
+        ),
     ]
 
 
-N_CASES = 42
+N_CASES = 44
 
 
 def test_case_count(files):

@@ -10,7 +10,14 @@ from typing import Any
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line and exit status 2."""
+    """argparse that reports a bad argument as one line and exit status 2.
+
+    Abbreviations are off: with them `finetune --teacher dense.pth` became --teacher-logits
+    and failed with a message about a flag the user never typed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")

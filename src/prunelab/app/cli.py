@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _global_opts(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p.set_defaults(commands=sub.choices)  # each command's parser, to report its own errors
 
     s = _command(sub, "train", commands.train, "train a dense model from scratch")
     _model_opts(s, default="vgg")
@@ -722,8 +723,8 @@ def _resolve_checkpoint(parser: argparse.ArgumentParser, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra and args.command != "bench":  # said by the command, whose --help lists its flags
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     args.bench_argv = extra
     _resolve_checkpoint(parser, args)
     if args.threads:
