@@ -106,10 +106,11 @@ def cases(d):
             "prunelab evaluate: error: unrecognized arguments: --bogus"
             " (see prunelab evaluate --help)",
         ),
+        (["plan", ck, "--batch-size", "8"], "did you mean --latency-batch-size?"),
     ]
 
 
-N_CASES = 44
+N_CASES = 45
 
 
 def test_case_count(files):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -720,11 +721,22 @@ def _resolve_checkpoint(parser: argparse.ArgumentParser, args: argparse.Namespac
     args.checkpoint = given[0]
 
 
+def _did_you_mean(cmd: argparse.ArgumentParser, extra: list[str]) -> str:
+    """'; did you mean --x?' for the first unknown flag close to one of the command's."""
+    flags = [o for a in cmd._actions for o in a.option_strings if o.startswith("--")]
+    for word in extra:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+            return f"; did you mean {close[0]}?" if close else ""
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":  # said by the command, whose --help lists its flags
-        args.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        cmd = args.commands[args.command]
+        cmd.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(cmd, extra)}")
     args.bench_argv = extra
     _resolve_checkpoint(parser, args)
     if args.threads:
