@@ -71,20 +71,23 @@ def channel_scan(
     nc = _num_classes(model)
     kw = {"batch_size": batch_size, "device": param.device, "normalize": normalize}
     start = time.perf_counter()
-    dense = evaluate(model, x, y, num_classes=nc, fold_bn=True, **kw)
-    reference = dense
-    if recover is not None or calibrate is not None:
+
+    def treated(m: nn.Module) -> float:
+        """m's accuracy after what every probe goes through (recovery, re-estimation)."""
+        if recover is not None:
+            recover(m)
+        if calibrate is not None:
+            recalibrate_bn(m, calibrate, normalize)
+        return float(evaluate(m, x, y, num_classes=nc, fold_bn=True, **kw)["accuracy"])
+
+    dense = float(evaluate(model, x, y, num_classes=nc, fold_bn=True, **kw)["accuracy"])
+    out: dict[str, Any] = {
+        "dense_accuracy": dense,
         # re-estimating statistics on a sample costs accuracy by itself (the shared VGG: 0.2
         # to 1.2 points on 2,000 images with 1,024 drawn); a drop must not count that cost
-        ref = copy.deepcopy(model)
-        if recover is not None:
-            recover(ref)
-        if calibrate is not None:
-            recalibrate_bn(ref, calibrate, normalize)
-        reference = evaluate(ref, x, y, num_classes=nc, fold_bn=True, **kw)
-    out: dict[str, Any] = {
-        "dense_accuracy": float(dense["accuracy"]),
-        "reference_accuracy": float(reference["accuracy"]),
+        "reference_accuracy": (
+            dense if recover is None and calibrate is None else treated(copy.deepcopy(model))
+        ),
         "dense_macs": int(count_macs(model)["total"]),
         "dense_params": count_params(model),
         "ratios": rs,
@@ -105,12 +108,7 @@ def channel_scan(
             continue
         probe = copy.deepcopy(model)
         prune_in_place(probe, {n: r}, importance)
-        if recover is not None:
-            recover(probe)
-        if calibrate is not None:
-            recalibrate_bn(probe, calibrate, normalize)
-        res = evaluate(probe, x, y, num_classes=nc, fold_bn=True, **kw)
-        row["accuracy"].append(float(res["accuracy"]))
+        row["accuracy"].append(treated(probe))
         row["macs"].append(int(count_macs(probe)["total"]))
         row["params"].append(count_params(probe))
     out["seconds"] = time.perf_counter() - start
