@@ -33,6 +33,9 @@ def test_latency_times_dense_and_model_in_one_run(cks, capsys):
     assert rows[("dense", 1)]["speedup"] == 1.0
     assert result["baseline"] == "dense" and "median" in printed
     assert png_size(fig)[0] == 2 * 660  # one panel per batch size
+    assert result["settings"]["primed"] is True
+    assert main([*argv, *timing, "--cold", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["primed"] is False
 
 
 def test_latency_layers_names_each_layers_kernel_beside_the_dense_one(cks, capsys):

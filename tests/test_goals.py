@@ -284,6 +284,11 @@ def test_a_changed_search_reuses_the_timings_it_shares_and_times_the_rest(monkey
     wider = vgg(width=0.25)
     with pytest.raises(PlanError, match="measured with model"):
         lp.latency_target_plan(wider, flat_scan(wider), 2.0, timings=log)
+    # a log from before timings were primed was timed cold: not a stand-in for primed ones
+    cold = {**log, "settings": {k: v for k, v in log["settings"].items() if k != "timing"}}
+    assert log["settings"]["timing"] == "primed"
+    with pytest.raises(PlanError, match="measured with timing 'cold', this plan uses 'primed'"):
+        lp.latency_target_plan(m, flat_scan(m), 2.0, timings=cold)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,12 @@ from prunelab import latency
 from prunelab.errors import PrunelabError
 from prunelab.latency import layer_latency, measure_latency
 from prunelab.latency_figure import figure_title
-from prunelab.latency_report import format_latency_table, p_text, paired_rounds
+from prunelab.latency_report import (
+    format_latency_table,
+    p_text,
+    paired_rounds,
+    settings_line,
+)
 from prunelab.models import VGG, resnet20
 
 FAST = {"warmup": 0, "reps": 2, "min_seconds": 0}
@@ -76,14 +81,45 @@ def test_result_structure_and_settings():
     assert figure_title({**s, "device": "cuda:0"}).endswith(", cuda:0")
 
 
-def test_models_are_interleaved_in_rotated_order():
+@pytest.mark.parametrize("primed", [False, True])
+def test_models_are_interleaved_in_rotated_order(primed):
     CALLS.clear()
     models = {t: Recorder(t) for t in "abc"}
-    measure_latency(models, input_shape=(4,), batch_sizes=(1,), warmup=1, reps=3, min_seconds=0)
-    timed = [tag for tag, batch in CALLS if batch == 1]
-    warm, rounds = timed[:3], timed[3:]
+    kw = {"warmup": 1, "reps": 3, "min_seconds": 0, "primed": primed}
+    r = measure_latency(models, input_shape=(4,), batch_sizes=(1,), **kw)
+    calls = [tag for tag, batch in CALLS if batch == 1]
+    warm, rounds = calls[:3], calls[3:]
     assert warm == ["a", "b", "c"]
-    assert rounds == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    order = ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert rounds == ([t for t in order for _ in "xy"] if primed else order)
+    assert r["settings"]["primed"] is primed and ("untimed" in r["settings"]["order"]) is primed
+    assert (", primed" in settings_line(r["settings"])) is primed
+
+
+class Cached(nn.Module):
+    """4 ms per forward, 1 ms when it was also the last model called: weights left in cache."""
+
+    last: list[int] = []
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CLOCK[0] += (1.0 if Cached.last == [id(self.fc)] else 4.0) / 1000
+        Cached.last[:] = [id(self.fc)]
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("primed, ms", [(True, 1.0), (False, 4.0)])
+def test_a_primed_call_finds_its_own_model_in_cache(fake_clock, primed, ms):
+    """Timed cold, a model's time depends on what ran before it; primed, only on itself."""
+    models = {"a": Cached(), "b": Cached(), "c": Cached()}
+    r = measure_latency(
+        models, input_shape=(4,), batch_sizes=(1,), warmup=1, reps=4, min_seconds=0,
+        primed=primed, fold_bn=False,
+    )  # fmt: skip
+    assert [row["median_ms"] for row in r["rows"]] == pytest.approx([ms] * 3)
 
 
 def test_min_seconds_adds_rounds(fake_clock):

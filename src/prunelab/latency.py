@@ -9,6 +9,12 @@ given CPU. Two rules make the numbers comparable:
 - Warm-up first (WARMUP rounds by default): oneDNN builds and caches its convolution kernels on
   the first call for a shape, and caches and clocks settle over the next few; timing those
   calls would charge set-up cost to whichever model ran first.
+- Primed calls (the default): each timed call comes right after an untimed call of the same
+  model, so it finds the CPU caches as a model served on its own leaves them. Without it a
+  model's time depends on the other models of the run: a pruned VGG whose 13 MB of weights
+  fit in cache timed 2.69x against its dense model when timed with two other models and
+  2.84x primed (docs/goals/findings.md), and a two-model run, which calls it twice in a row
+  at every other round boundary, sat in between. `primed=False` times every call cold.
 
 Results are medians with their spread (min, max, quartiles), per model and batch size, plus the
 ratio of each median to the first model's, which is taken as the dense reference. Each row also
@@ -140,12 +146,17 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 
 
 def interleaved_times(
-    runners: Mapping[str, Runner], warmup: int, reps: int, min_seconds: float
+    runners: Mapping[str, Runner],
+    warmup: int,
+    reps: int,
+    min_seconds: float,
+    primed: bool = True,
 ) -> dict[str, list[float]]:
     """Seconds per call of each runner, run in interleaved rounds with rotated order.
 
     Round r runs names[r % n:] + names[:r % n]. `warmup` untimed rounds first, then at least
     `reps` timed rounds, more until the timed calls add up to `min_seconds` (at most MAX_REPS).
+    primed: each timed call follows an untimed call of the same runner (module docstring).
     """
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -160,6 +171,8 @@ def interleaved_times(
     spent, r = 0.0, 0
     while r < reps or (spent < min_seconds and r < MAX_REPS):
         for name in order(r):
+            if primed:
+                runners[name]()
             t0 = perf_counter()
             runners[name]()
             dt = perf_counter() - t0
@@ -167,6 +180,12 @@ def interleaved_times(
             spent += dt
         r += 1
     return times
+
+
+def order_text(primed: bool) -> str:
+    """How the calls were ordered, as a result's settings state it."""
+    text = "interleaved, rotated each round"
+    return text + (", each timed call after an untimed one of the same model" if primed else "")
 
 
 def _quantile(sorted_vals: list[float], q: float) -> float:
@@ -294,6 +313,7 @@ def measure_latency(
     channels_last: bool = True,
     fold_bn: bool = True,
     min_seconds: float = MIN_SECONDS,
+    primed: bool = True,
 ) -> dict[str, Any]:
     """Time each model's forward, interleaved, per batch size; the first model is the reference.
 
@@ -302,7 +322,8 @@ def measure_latency(
     for all). BatchNorm is folded (prunelab.fold) because that is how prunelab evaluates;
     fold_bn=False times the model as it is. Each batch size gets `warmup` untimed rounds, then
     at least `reps` timed rounds and more until they took `min_seconds`; each round runs every
-    model once in a rotated order. `threads` sets torch.set_num_threads for the run only.
+    model once in a rotated order, each timed call right after an untimed one of the same model
+    unless primed=False. `threads` sets torch.set_num_threads for the run only.
 
     Returns {"baseline", "models", "settings", "rows"}: one row per model and batch size with
     median_ms, ms_per_image, min/max/p25/p75/iqr (ms), images_per_s, reps, ratio (median over
@@ -327,7 +348,7 @@ def measure_latency(
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 runners[n] = _runner(work[n], x, dev, bf16)
-            per_batch[b] = interleaved_times(runners, warmup, reps, min_seconds)
+            per_batch[b] = interleaved_times(runners, warmup, reps, min_seconds, primed)
     settings = {
         "runtime": "pytorch eager",
         "device": str(dev),
@@ -340,7 +361,8 @@ def measure_latency(
         "fold_bn": fold_bn,
         "channels_last": channels_last,
         "input_shapes": {n: list(s) for n, s in shapes.items()},
-        "order": "interleaved, rotated each round",
+        "order": order_text(primed),
+        "primed": primed,
         "torch": str(torch.__version__),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),

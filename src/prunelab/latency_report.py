@@ -28,7 +28,8 @@ def settings_line(settings: dict[str, Any]) -> str:
         str(settings.get("runtime", "?")),
         str(settings.get("dtype", "fp32")),
         f"{settings.get('threads') or 'default'} threads",
-        f"{settings.get('warmup', '?')} warm-up + >= {settings.get('reps', '?')} reps, interleaved",
+        f"{settings.get('warmup', '?')} warm-up + >= {settings.get('reps', '?')} reps, interleaved"
+        + (", primed" if settings.get("primed") else ", cold" if "primed" in settings else ""),
     ]
     if "fold_bn" in settings:
         parts.append("BatchNorm folded" if settings["fold_bn"] else "BatchNorm as is")

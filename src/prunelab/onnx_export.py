@@ -44,6 +44,7 @@ from .latency import (
     checked_input_shape,
     cpu_name,
     interleaved_times,
+    order_text,
 )
 from .models import input_shape_of, normalize_of
 from .models.arch import normalize_problem
@@ -430,7 +431,8 @@ def onnx_latency(
         "min_seconds": min_seconds,
         "input_shapes": {n: list(s) for n, s in shapes.items()},
         "files": {n: str(p) for n, p in paths.items()},
-        "order": "interleaved, rotated each round",
+        "order": order_text(True),
+        "primed": True,
         "onnxruntime": ort.__version__,
         "cpu": cpu_name(),
     }

@@ -648,6 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--warmup", type=count, default=10, help="untimed rounds first (default 10)")
     s.add_argument(
+        "--cold",
+        action="store_true",
+        help="time every call right after the other model's (default: after an untimed call "
+        "of the same model, as a model served alone finds the CPU caches; a pruned model "
+        "whose weights fit in cache then times a few percent faster)",
+    )
+    s.add_argument(
         "--device", type=device, default="cpu", help="cpu (default), cuda, cuda:N or auto"
     )
     s.add_argument("--bf16", action="store_true", help="time under bf16 autocast (default fp32)")

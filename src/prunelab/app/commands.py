@@ -587,7 +587,9 @@ def latency(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "fold_bn": not args.no_fold_bn,
     }
-    result = measure_latency(models, device=device(args), bf16=args.bf16, **timing)
+    result = measure_latency(
+        models, device=device(args), bf16=args.bf16, primed=not args.cold, **timing
+    )
     if args.layers:
         from ..kernels import layer_breakdown
 

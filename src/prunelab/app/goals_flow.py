@@ -104,6 +104,7 @@ class GoalsStudy(Study):
                 "speedup": t["speedup"] * g["margin"],
                 "b": b,
                 **plan_options(g, t),
+                "timing": "primed",  # the search's timings (prunelab.latency); cold before
             }
             earlier = None if self.fresh else earlier_timings(plan_path)
             digest = self.step(

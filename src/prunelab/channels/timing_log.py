@@ -25,7 +25,9 @@ from ..latency import cpu_name
 
 T = TypeVar("T")
 # the settings a stored timing must share with a new search to stand in for a new timing
-SETTINGS = ("model", "batch_size", "threads", "reps")
+SETTINGS = ("model", "batch_size", "threads", "reps", "timing")
+# what a log written before a setting was recorded was measured with
+BEFORE = {"timing": "cold"}
 # what each kind of entry holds, by the first word of its key
 KINDS = {
     "layers": (Mapping, "a {layer: ms} mapping"),
@@ -51,9 +53,10 @@ class TimingLog:
         if not isinstance(old, Mapping):
             raise StoredTimingsError("the stored timing log's settings are not a mapping")
         for key in SETTINGS:
-            if key in old and old[key] != self.settings.get(key):
+            was = old.get(key, BEFORE.get(key))
+            if was is not None and was != self.settings.get(key):
                 raise StoredTimingsError(
-                    f"the stored timings were measured with {key} {old[key]!r}, this plan "
+                    f"the stored timings were measured with {key} {was!r}, this plan "
                     f"uses {self.settings.get(key)!r}: plan with the same settings and dense "
                     "model, or without the stored timings"
                 )
@@ -112,6 +115,9 @@ def new_log(
         "batch_size": batch_size,
         "threads": threads or torch.get_num_threads(),
         "reps": reps,
+        # how measure_latency calls were ordered (prunelab.latency): primed since cold
+        # timings gave a pruned model's speed-up by the other models of the run
+        "timing": "primed",
         "cpu": cpu_name(),  # not compared: a log made elsewhere still makes the same plan
     }
     return TimingLog(settings, stored)
