@@ -15,6 +15,7 @@ loading a checkpoint), so it takes the example input's shape from its caller.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,7 @@ class Slot:
 
     kind: "out" (a conv/linear's output filters), "in" (a conv/linear's input channels),
     "dw" (a depthwise conv: input and output at once), "bn", "prelu", "ln" (a LayerNorm over
-    the channels alone), or "op" (no tensors).
+    the channels alone), "gn" (a GroupNorm), or "op" (no tensors).
     local[i] is the index in this layer of the group's channel root[i] (several locals per
     root after a flatten).
     """
@@ -64,7 +65,7 @@ class Slot:
         m = self.module
         if self.kind == "op":
             return []
-        if self.kind in ("bn", "prelu", "ln"):
+        if self.kind in ("bn", "prelu", "ln", "gn"):
             names = ["weight", "bias", "running_mean", "running_var"]
             found = [getattr(m, n, None) for n in names]
             return [(t, 0) for t in found if isinstance(t, torch.Tensor)]
@@ -89,6 +90,9 @@ class ChannelGroup:
     consumers: list[str]  # conv/linear layers whose inputs are these channels
     depthwise: list[str] = field(default_factory=list)
     feeds_output: bool = False  # an output layer (the classifier) reads these channels
+    # a GroupNorm's groups (lcm of several): channels are ranked, sorted and cut within each
+    # of `blocks` equal consecutive blocks, the same number from each (see norm_blocks)
+    blocks: int = 1
 
 
 @dataclass
@@ -152,6 +156,8 @@ def _kind(dg: Any, module: Any, handler: Callable[..., Any]) -> str | None:
         # statistics ignore the order, so a sort is exact. Over (C, H, W) it would mix
         # channels with positions, which Torch-Pruning's LayerNorm cut does not handle.
         return "ln"
+    if isinstance(module, nn.GroupNorm):
+        return "gn"  # its statistics are per group of channels: see norm_blocks
     if isinstance(module, nn.PReLU):
         return "prelu" if module.num_parameters > 1 else "op"
     if isinstance(module, _DUMMY_OPS):
@@ -190,6 +196,47 @@ def _split_slot(slots: list[Slot], channels: int) -> Slot | None:
     return next(
         (s for s in slots if s.kind != "op" and s.root and len(set(s.root)) < channels), None
     )
+
+
+def norm_blocks(slots: list[Slot], channels: int) -> tuple[int, Slot | None]:
+    """The blocks a group's GroupNorms divide it into, or (1, the GroupNorm that forbids a cut).
+
+    A GroupNorm normalises each of its num_groups consecutive blocks of channels together.
+    A cut that takes the same number of channels from every block, and a sort that keeps each
+    channel in its block, leave every survivor normalised with the same companions, so the
+    kept count is a multiple of num_groups. One group (statistics over all channels) or one
+    per channel (each alone) constrains nothing. A GroupNorm that sees other channels too
+    (after a concatenation) cannot be kept whole by this group's cut: it is returned.
+    """
+    blocks = 1
+    for s in slots:
+        if s.kind != "gn":
+            continue
+        groups, size = s.module.num_groups, s.module.num_channels
+        if 1 < groups < size:
+            whole = size == channels and s.local == s.root == list(range(channels))
+            if not whole:
+                return 1, s
+            blocks = math.lcm(blocks, groups)
+    return blocks, None
+
+
+def cut(dg: Any, group: ChannelGroup, idxs: list[int]) -> None:
+    """Remove channels `idxs` (the group's current numbering) from every coupled layer.
+
+    Torch-Pruning keeps a GroupNorm's num_groups; one with a group per channel gets as many
+    groups as channels are left (any other must divide the count, which norm_blocks ensures).
+    """
+    if not idxs:
+        return
+    per_channel = [
+        s.module
+        for s in group.slots
+        if s.kind == "gn" and s.module.num_groups == s.module.num_channels
+    ]
+    dg.get_pruning_group(group.root, group.root_fn, sorted(idxs)).prune()
+    for m in per_channel:
+        m.num_groups = m.num_channels
 
 
 @contextlib.contextmanager
@@ -249,7 +296,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
 
     A group is left out (and said why in `blocked`) when it would change the model's output
     (the classifier's outputs: the logits), or when it holds a layer prunelab cannot cut
-    consistently (a grouped, not depthwise, conv; a norm other than BatchNorm; ...).
+    consistently (a grouped, not depthwise, conv; an InstanceNorm; a LayerNorm over positions
+    too; a GroupNorm shared with other channels; ...).
     """
     model = unwrap(model)
     dg = _trace(model, tuple(input_shape))
@@ -276,15 +324,25 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
         name = out_layers[0] if out_layers else names.get(id(root), type(root).__name__)
         bad = next((s for s in slots if s.kind == "?"), None)
         split = _split_slot(slots, len(g[0].idxs))
-        if bad is not None or split is not None:
-            why = (
-                f"channel group {name!r} cannot be pruned: it holds {type(bad.module).__name__} "
-                f"{bad.name!r}{_what(bad.module)}, which prunelab cannot cut consistently"
-                if bad is not None
-                else f"channel group {name!r} cannot be pruned: its channels are divided in the "
-                f"forward (torch.split, torch.chunk, a slice or unbind) before {split.name!r}, "
-                "at sizes written in the model's code"
-            )
+        blocks, shared_norm = norm_blocks(slots, len(g[0].idxs))
+        if bad is not None or split is not None or shared_norm is not None:
+            if bad is not None:
+                why = (
+                    f"it holds {type(bad.module).__name__} {bad.name!r}{_what(bad.module)}, "
+                    "which prunelab cannot cut consistently"
+                )
+            elif split is not None:
+                why = (
+                    "its channels are divided in the forward (torch.split, torch.chunk, a "
+                    f"slice or unbind) before {split.name!r}, at sizes written in the model's code"
+                )
+            else:
+                why = (
+                    f"GroupNorm {shared_norm.name!r} normalises its channels together with "
+                    "others (after a concatenation), in groups a cut of this group alone "
+                    "cannot keep"
+                )
+            why = f"channel group {name!r} cannot be pruned: {why}"
             for n in out_layers:
                 blocked[n] = unprunable[n] = why
             continue
@@ -298,6 +356,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
             members=out_layers,
             consumers=list(dict.fromkeys(s.name for s in slots if s.kind == "in")),
             depthwise=dw,
+            blocks=blocks,
         )
         for n in out_layers[1:]:
             how = (

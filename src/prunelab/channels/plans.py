@@ -19,7 +19,14 @@ from ..errors import PlanError
 from .graph import ChannelGraph
 from .importance import check_importance, group_importance
 from .rank import rank_floors
-from .surgery import check_ratio, check_round_to, graph_of, kept_channels, prune_in_place
+from .surgery import (
+    check_ratio,
+    check_round_to,
+    graph_of,
+    group_steps,
+    kept_channels,
+    prune_in_place,
+)
 
 
 def _caps(
@@ -119,6 +126,7 @@ class MacsCost:
         self.dense = float(total if total is not None else sum(self.per_layer.values()))
         self.rest = max(self.dense - sum(self.per_layer.values()), 0.0)
         self.channels = {n: g.channels for n, g in graph.groups.items()}
+        self.steps = group_steps(graph, self.round_to)  # round_to, and GroupNorm groups
         self.out_of: dict[str, str] = {}
         self.in_of: dict[str, list[tuple[str, float]]] = {}
         self.width: dict[str, int] = {}
@@ -140,7 +148,7 @@ class MacsCost:
 
     def kept(self, plan: dict[str, float]) -> dict[str, int]:
         return {
-            n: kept_channels(c, plan.get(n, 0.0), self.round_to) for n, c in self.channels.items()
+            n: kept_channels(c, plan.get(n, 0.0), self.steps[n]) for n, c in self.channels.items()
         }
 
     def __call__(self, plan: dict[str, float]) -> float:
@@ -280,16 +288,18 @@ def greedy_plan(
     target: float,
     max_ratio: float = 0.8,
     step: float = 0.05,
-    round_to: int | None = None,
+    round_to: int | dict[str, int | None] | None = None,
     start: dict[str, float] | None = None,
     caps: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Raise one group's ratio at a time until cost(plan) <= target.
 
-    groups: {group: channels}. Each move raises a group by whole steps to the next ratio that
-    removes at least one more channel (and keeps one), and the move taken is the one with the
-    smallest predicted accuracy drop per unit of cost saved (ties: the larger saving, then
-    module order). Any cost works (MacsCost, TableCost, a function of the plan).
+    groups: {group: channels}; round_to: one multiple for every group's kept count, or
+    {group: multiple} (surgery.group_steps: a GroupNorm's groups too). Each move raises a
+    group by whole steps to the next ratio that removes at least one more channel (and keeps
+    one), and the move taken is the one with the smallest predicted accuracy drop per unit of
+    cost saved (ties: the larger saving, then module order). Any cost works (MacsCost,
+    TableCost, a function of the plan).
     start: {group: ratio} the search begins from (rounded down to whole steps; default 0);
     caps: {group: highest ratio} below max_ratio (default: max_ratio for every group).
     """
@@ -300,14 +310,15 @@ def greedy_plan(
     while now > target:
         best: tuple[float, float, int, str, int] | None = None
         for order, (g, c) in enumerate(groups.items()):
-            k, base = steps[g], kept_channels(c, plan[g], round_to)
+            multiple = round_to.get(g) if isinstance(round_to, dict) else round_to
+            k, base = steps[g], kept_channels(c, plan[g], multiple)
             while True:
                 k += 1
                 r = round(k * step, 10)
-                if r > limit[g] + 1e-12 or r >= 1 or kept_channels(c, r, round_to) < 1:
+                if r > limit[g] + 1e-12 or r >= 1 or kept_channels(c, r, multiple) < 1:
                     k = -1
                     break
-                if kept_channels(c, r, round_to) < base:
+                if kept_channels(c, r, multiple) < base:
                     break
             if k < 0:
                 continue
@@ -425,7 +436,8 @@ def macs_target_plan(
         start = {n: max(0.0, centre - band, floors.get(n, 0.0)) for n in groups}
         top = math.ceil((centre + band) / step - 1e-9) * step
         caps = {n: max(top, floors.get(n, 0.0)) for n in groups}
-    plan = greedy_plan(groups, drop, cost_fn, target, max_ratio, step, round_to, start, caps)
+    multiples = group_steps(graph, round_to)
+    plan = greedy_plan(groups, drop, cost_fn, target, max_ratio, step, multiples, start, caps)
     pruned = copy.deepcopy(model)
     channels = prune_in_place(pruned, plan, importance, round_to)
     measured = int(count_macs(pruned)["total"])

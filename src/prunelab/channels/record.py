@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError
-from .graph import ChannelError, build_graph
+from .graph import ChannelError, build_graph, cut
 
 
 def _check_record(channels: Any, source: str) -> dict[str, int]:
@@ -59,8 +59,15 @@ def apply_record(
                 f"{source}: the 'channels' record keeps {kept} channels of group {name!r}, "
                 f"which has {c} (expected 1..{c})"
             )
+        blocks = graph.groups[name].blocks
+        if kept % blocks:
+            raise CheckpointError(
+                f"{source}: the 'channels' record keeps {kept} channels of group {name!r}, "
+                f"whose GroupNorm divides them into {blocks} groups (expected a multiple of "
+                f"{blocks})"
+            )
     for name, kept in channels.items():
         g = graph.groups[name]
         if kept < g.channels:
-            graph.dg.get_pruning_group(g.root, g.root_fn, list(range(kept, g.channels))).prune()
+            cut(graph.dg, g, list(range(kept, g.channels)))
     return model

@@ -22,7 +22,7 @@ from ..evaluation import Normalize
 from ..models import arch_of
 from ..train import evaluate
 from .importance import check_importance
-from .surgery import check_ratio, graph_of, kept_channels, prune_in_place
+from .surgery import check_ratio, graph_of, group_step, kept_channels, prune_in_place
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -100,7 +100,7 @@ def channel_scan(
         out["groups"][n] = {"channels": c, "kept": [], "accuracy": [], "macs": [], "params": []}
     for n, r in tqdm(probes, desc="channel scan", disable=not progress, leave=False):
         row = out["groups"][n]
-        kept = kept_channels(row["channels"], r)
+        kept = kept_channels(row["channels"], r, group_step(graph.groups[n], None))
         row["kept"].append(kept)
         if kept < 1:
             for key in ("accuracy", "macs", "params"):

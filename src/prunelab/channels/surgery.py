@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..models import arch_of, input_shape_of
-from .graph import ChannelGraph, ChannelGroup, build_graph, current, unwrap
+from .graph import ChannelGraph, ChannelGroup, build_graph, current, cut, unwrap
 from .importance import check_importance, group_importance
 
 
@@ -75,7 +75,8 @@ def permute_group(graph: ChannelGraph, group: ChannelGroup, order: torch.Tensor)
 def sort_channels(
     model: nn.Module, importance: str = "l2", groups: list[str] | None = None
 ) -> dict[str, list[int]]:
-    """Put each group's channels in descending importance, so pruning can keep the first k.
+    """Put each group's channels in descending importance, so pruning can keep the first k
+    (of each GroupNorm group, where a GroupNorm divides the channels: see ranked).
 
     The model computes the same function afterwards (to fp32 rounding). `groups` limits the
     sort to those groups. Returns {group: order}, order[p] being the old index of channel p.
@@ -86,16 +87,38 @@ def sort_channels(
     scores = {n: group_importance(graph.groups[n], importance) for n in names}
     orders = {}
     for n in names:
-        order = torch.argsort(scores[n], descending=True, stable=True)
+        order = ranked(scores[n], graph.groups[n].blocks)
         permute_group(graph, graph.groups[n], order)
         orders[n] = [int(i) for i in order]
     return orders
 
 
+def ranked(scores: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+    """Channel indexes by descending score (stable), within each of `blocks` equal consecutive
+    blocks (a GroupNorm's groups): position p holds a channel of the block p falls in."""
+    size = len(scores) // blocks
+    order = torch.argsort(scores.view(blocks, size), dim=1, descending=True, stable=True)
+    return (order + torch.arange(blocks).unsqueeze(1) * size).reshape(-1)
+
+
+def dropped(order: torch.Tensor, kept: int, blocks: int = 1) -> list[int]:
+    """The channels a cut to `kept` removes: the tail of `order` (ranked's) in every block."""
+    tails = order.view(blocks, -1)[:, kept // blocks :]
+    return [int(i) for i in tails.reshape(-1)]
+
+
+def group_step(group: ChannelGroup, round_to: int | None) -> int | None:
+    """What the group's kept count is a multiple of: round_to, and its GroupNorm's groups."""
+    return round_to if group.blocks == 1 else math.lcm(round_to or 1, group.blocks)
+
+
+def group_steps(graph: ChannelGraph, round_to: int | None) -> dict[str, int | None]:
+    return {n: group_step(g, round_to) for n, g in graph.groups.items()}
+
+
 def remove_channels(graph: ChannelGraph, group: ChannelGroup, idxs: list[int]) -> None:
     """Cut channels `idxs` (in the group's current numbering) out of every coupled layer."""
-    if idxs:
-        graph.dg.get_pruning_group(group.root, group.root_fn, sorted(idxs)).prune()
+    cut(graph.dg, group, idxs)
 
 
 def check_ratio(value: Any, what: str) -> float:
@@ -201,27 +224,30 @@ def prune_in_place(
     kept = {}
     for name, r in ratios.items():
         g = graph.groups[name]
-        kept[name] = kept_channels(g.channels, r, round_to)
+        kept[name] = kept_channels(g.channels, r, group_step(g, round_to))
         if kept[name] < 1:
             raise PlanError(
                 f"pruning would empty layer {name!r} ({g.channels} channels at ratio {r} keep "
                 "none); lower its ratio"
             )
-    cut = [n for n in ratios if kept[n] < graph.groups[n].channels]
+    cuts = [n for n in ratios if kept[n] < graph.groups[n].channels]
     if importance == "lab":
         for g in graph.groups.values():
             if not g.feeds_output:
-                order = torch.argsort(group_importance(g, "lab"), descending=True, stable=True)
-                permute_group(graph, g, order)
-        removals = {n: list(range(kept[n], graph.groups[n].channels)) for n in cut}
+                permute_group(graph, g, ranked(group_importance(g, "lab"), g.blocks))
+        removals = {
+            n: dropped(torch.arange(graph.groups[n].channels), kept[n], graph.groups[n].blocks)
+            for n in cuts
+        }
     else:
         removals = {}
-        for n in cut:
-            scores = group_importance(graph.groups[n], importance)
-            order = torch.argsort(scores, descending=True, stable=True)
-            removals[n] = [int(i) for i in order[kept[n] :]]
+        for n in cuts:
+            g = graph.groups[n]
+            removals[n] = dropped(
+                ranked(group_importance(g, importance), g.blocks), kept[n], g.blocks
+            )
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    for n in cut:
+    for n in cuts:
         remove_channels(graph, graph.groups[n], removals[n])
     for n, p in model.named_parameters():  # cut weights are new Parameters: keep them frozen
         if n in frozen:

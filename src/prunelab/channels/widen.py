@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import StoredTimingsError
 from ..latency import measure_latency
-from .surgery import graph_of, kept_channels, prune_in_place
+from .surgery import graph_of, group_steps, kept_channels, prune_in_place
 from .timing_log import TimingLog, crowd_key, new_log, shape_key
 
 
@@ -55,8 +55,8 @@ def widen_plan(
     log = log or new_log(model, batch_size, threads, reps)
     graph = graph_of(model)
     full = {n: g.channels for n, g in graph.groups.items()}
-    counts = {n: kept_channels(full[n], r, round_to) for n, r in plan.items()}
-    step = round_to or 1
+    multiple = group_steps(graph, round_to)  # round_to, and a GroupNorm's groups
+    counts = {n: kept_channels(full[n], r, multiple[n]) for n, r in plan.items()}
     rounds: list[dict[str, Any]] = []
     stopped: dict[str, Any] = {"reason": f"{max_rounds} rounds"}
 
@@ -68,12 +68,10 @@ def widen_plan(
     current = _pruned(model, full, counts, importance)
     (now,) = timed(current, float("inf"))  # once: no goal to confirm
     for _ in range(max_rounds):
-        cands = {
-            (n, counts[n] + k * step): {**counts, n: counts[n] + k * step}
-            for n in counts
-            for k in range(1, max_steps + 1)
-            if counts[n] + k * step <= full[n]
-        }
+        wider = [
+            (n, counts[n] + k * (multiple[n] or 1)) for n in counts for k in range(1, max_steps + 1)
+        ]
+        cands = {(n, c): {**counts, n: c} for n, c in wider if c <= full[n]}
         if not cands:
             stopped = {"reason": "every group at full width"}
             break
@@ -126,7 +124,7 @@ def widen_plan(
         )
     ratios = {n: 1 - counts[n] / full[n] for n in counts}
     for n, r in ratios.items():  # the ratios must give back exactly these counts
-        assert kept_channels(full[n], r, round_to) == counts[n], (n, r, counts[n])
+        assert kept_channels(full[n], r, multiple[n]) == counts[n], (n, r, counts[n])
     return {"plan": ratios, "counts": counts, "rounds": rounds, "stopped": stopped}
 
 
