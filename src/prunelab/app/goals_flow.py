@@ -32,6 +32,7 @@ from ..channels.latency_plan import latency_target_plan
 from ..channels.timing_log import stored_timings
 from ..errors import StoredTimingsError
 from ..fileio import write_json, write_png, write_text
+from ..latency import TIMING
 from ..latency_report import format_latency_table, p_text, paired_rounds
 from ..models import read_checkpoint, save_checkpoint
 from .peer import peer_at_macs, peer_meta
@@ -104,7 +105,7 @@ class GoalsStudy(Study):
                 "speedup": t["speedup"] * g["margin"],
                 "b": b,
                 **plan_options(g, t),
-                "timing": "primed",  # the search's timings (prunelab.latency); cold before
+                "timing": TIMING,  # the search's timings (prunelab.latency); cold before
             }
             earlier = None if self.fresh else earlier_timings(plan_path)
             digest = self.step(

@@ -20,7 +20,7 @@ from ..data import subset
 from ..errors import PrunelabError
 from ..export import export_compressed
 from ..fileio import write_json
-from ..latency import measure_latency
+from ..latency import TIMING, measure_latency
 from ..models import load_model, save_checkpoint
 from ..pruning import sparsity_report
 from ..safeload import load_tensors
@@ -372,7 +372,7 @@ class Study:
             **settings,
             "dense": self.dense_digest,
             key: {k: d for k, (_, d) in models.items()},
-            "timing": "primed",  # a run timed cold before is timed again
+            "timing": TIMING,  # a run timed cold before is timed again
         }
         self.step(
             "latency (interleaved, eager fp32)",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import StoredTimingsError
-from ..latency import cpu_name
+from ..latency import TIMING, cpu_name
 
 T = TypeVar("T")
 # the settings a stored timing must share with a new search to stand in for a new timing
@@ -117,7 +117,7 @@ def new_log(
         "reps": reps,
         # how measure_latency calls were ordered (prunelab.latency): primed since cold
         # timings gave a pruned model's speed-up by the other models of the run
-        "timing": "primed",
+        "timing": TIMING,
         "cpu": cpu_name(),  # not compared: a log made elsewhere still makes the same plan
     }
     return TimingLog(settings, stored)
