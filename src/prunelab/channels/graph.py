@@ -48,7 +48,7 @@ class Slot:
 
     kind: "out" (a conv/linear's output filters), "in" (a conv/linear's input channels),
     "dw" (a depthwise conv: input and output at once), "bn", "prelu", "ln" (a LayerNorm over
-    the channels alone), "gn" (a GroupNorm), or "op" (no tensors).
+    the channels alone), "gn" (a GroupNorm), "inorm" (an InstanceNorm), or "op" (no tensors).
     local[i] is the index in this layer of the group's channel root[i] (several locals per
     root after a flatten).
     """
@@ -65,7 +65,7 @@ class Slot:
         m = self.module
         if self.kind == "op":
             return []
-        if self.kind in ("bn", "prelu", "ln", "gn"):
+        if self.kind in ("bn", "prelu", "ln", "gn", "inorm"):
             names = ["weight", "bias", "running_mean", "running_var"]
             found = [getattr(m, n, None) for n in names]
             return [(t, 0) for t in found if isinstance(t, torch.Tensor)]
@@ -158,6 +158,8 @@ def _kind(dg: Any, module: Any, handler: Callable[..., Any]) -> str | None:
         return "ln"
     if isinstance(module, nn.GroupNorm):
         return "gn"  # its statistics are per group of channels: see norm_blocks
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        return "inorm"  # each channel normalised alone: a sort is exact; see cut for its stats
     if isinstance(module, nn.PReLU):
         return "prelu" if module.num_parameters > 1 else "op"
     if isinstance(module, _DUMMY_OPS):
@@ -226,6 +228,8 @@ def cut(dg: Any, group: ChannelGroup, idxs: list[int]) -> None:
 
     Torch-Pruning keeps a GroupNorm's num_groups; one with a group per channel gets as many
     groups as channels are left (any other must divide the count, which norm_blocks ensures).
+    Its InstanceNorm cut leaves the running statistics at the old size (they would no longer
+    load or broadcast): they lose the same channels here.
     """
     if not idxs:
         return
@@ -234,9 +238,20 @@ def cut(dg: Any, group: ChannelGroup, idxs: list[int]) -> None:
         for s in group.slots
         if s.kind == "gn" and s.module.num_groups == s.module.num_channels
     ]
-    dg.get_pruning_group(group.root, group.root_fn, sorted(idxs)).prune()
+    pruning = dg.get_pruning_group(group.root, group.root_fn, sorted(idxs))
+    stats = [
+        (item.dep.target.module, set(item.idxs))
+        for item in pruning
+        if isinstance(item.dep.target.module, nn.modules.instancenorm._InstanceNorm)
+        and item.dep.target.module.running_mean is not None
+    ]
+    pruning.prune()
     for m in per_channel:
         m.num_groups = m.num_channels
+    for m, gone in dict((id(m), (m, gone)) for m, gone in stats).values():
+        keep = [i for i in range(m.running_mean.shape[0]) if i not in gone]
+        m.running_mean = m.running_mean[keep].clone()
+        m.running_var = m.running_var[keep].clone()
 
 
 @contextlib.contextmanager
@@ -296,8 +311,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> C
 
     A group is left out (and said why in `blocked`) when it would change the model's output
     (the classifier's outputs: the logits), or when it holds a layer prunelab cannot cut
-    consistently (a grouped, not depthwise, conv; an InstanceNorm; a LayerNorm over positions
-    too; a GroupNorm shared with other channels; ...).
+    consistently (a grouped, not depthwise, conv; a LayerNorm over positions too; a GroupNorm
+    shared with other channels; ...).
     """
     model = unwrap(model)
     dg = _trace(model, tuple(input_shape))
