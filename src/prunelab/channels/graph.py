@@ -239,16 +239,16 @@ def cut(dg: Any, group: ChannelGroup, idxs: list[int]) -> None:
         if s.kind == "gn" and s.module.num_groups == s.module.num_channels
     ]
     pruning = dg.get_pruning_group(group.root, group.root_fn, sorted(idxs))
-    stats = [
-        (item.dep.target.module, set(item.idxs))
+    stats = {  # InstanceNorms with running statistics -> the local channels they lose
+        id(m): (m, set(item.idxs))
         for item in pruning
-        if isinstance(item.dep.target.module, nn.modules.instancenorm._InstanceNorm)
-        and item.dep.target.module.running_mean is not None
-    ]
+        if isinstance(m := item.dep.target.module, nn.modules.instancenorm._InstanceNorm)
+        and m.running_mean is not None
+    }
     pruning.prune()
     for m in per_channel:
         m.num_groups = m.num_channels
-    for m, gone in dict((id(m), (m, gone)) for m, gone in stats).values():
+    for m, gone in stats.values():
         keep = [i for i in range(m.running_mean.shape[0]) if i not in gone]
         m.running_mean = m.running_mean[keep].clone()
         m.running_var = m.running_var[keep].clone()
