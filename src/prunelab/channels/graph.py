@@ -233,25 +233,20 @@ def cut(dg: Any, group: ChannelGroup, idxs: list[int]) -> None:
     """
     if not idxs:
         return
-    per_channel = [
-        s.module
-        for s in group.slots
-        if s.kind == "gn" and s.module.num_groups == s.module.num_channels
-    ]
     pruning = dg.get_pruning_group(group.root, group.root_fn, sorted(idxs))
-    stats = {  # InstanceNorms with running statistics -> the local channels they lose
-        id(m): (m, set(item.idxs))
-        for item in pruning
-        if isinstance(m := item.dep.target.module, nn.modules.instancenorm._InstanceNorm)
-        and m.running_mean is not None
-    }
+    per_channel, stats = {}, {}  # GroupNorms with a group per channel; InstanceNorms with
+    for item in pruning:  # running statistics -> the local channels they lose
+        m = item.dep.target.module
+        if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels:
+            per_channel[id(m)] = m
+        elif isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.running_mean is not None:
+            stats[id(m)] = (m, set(item.idxs))
     pruning.prune()
-    for m in per_channel:
+    for m in per_channel.values():
         m.num_groups = m.num_channels
     for m, gone in stats.values():
         keep = [i for i in range(m.running_mean.shape[0]) if i not in gone]
-        m.running_mean = m.running_mean[keep].clone()
-        m.running_var = m.running_var[keep].clone()
+        m.running_mean, m.running_var = m.running_mean[keep], m.running_var[keep]
 
 
 @contextlib.contextmanager
